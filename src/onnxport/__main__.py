@@ -1,0 +1,3 @@
+from onnxport.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,330 @@
+"""The one export config schema, declared once.
+
+``ExportConfig`` serves the Python API (as keyword options), the Lightning
+callback, the ``onnxport export`` CLI and Hydra's ConfigStore. Every field is
+documented where it is declared; the README's config reference is generated
+from these docstrings (``python -m onnxport.config``).
+
+This module imports only the standard library so the CLI and Hydra plugin can
+use it without importing torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from onnxport.errors import ConfigError
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+
+EXPORTERS = ("auto", "dynamo", "torchscript")
+EXTERNAL_DATA_MODES = ("auto", "always", "never")
+MISMATCH_POLICIES = ("fail", "warn")
+DTYPES = (
+    "float32",
+    "float16",
+    "bfloat16",
+    "float64",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+)
+
+
+@dataclass
+class InputSpec:
+    """One model input, used when no example inputs are given and to generate validation inputs."""
+
+    name: str = ""
+    """Input name as ``forward`` receives it (a parameter name or a dict key)."""
+    shape: list[int] = field(default_factory=list)
+    """Example shape, e.g. ``[2, 1, 8, 8]``. Dynamic axes are resized during validation."""
+    dtype: str = "float32"
+    """torch dtype name: float32, float16, bfloat16, float64, int64, int32, int16, int8, uint8, bool."""
+    low: Optional[float] = None
+    """Smallest value. Integers default to 0; floats without a range are standard normal."""
+    high: Optional[float] = None
+    """Upper bound (exclusive for integers, e.g. the vocabulary size). Integers default to 10."""
+
+
+@dataclass
+class ToleranceConfig:
+    """Tolerances for one output; ``None`` keeps the global value."""
+
+    atol: Optional[float] = None
+    """Absolute tolerance for this output."""
+    rtol: Optional[float] = None
+    """Relative tolerance for this output."""
+
+
+@dataclass
+class ValidationConfig:
+    """How the exported file is proven to match the PyTorch model before it is published."""
+
+    enabled: bool = True
+    """Validate before publishing. ``false`` publishes unchecked and records that in the metadata."""
+    atol: float = 1e-4
+    """Absolute tolerance: an element passes when ``|ort - torch| <= atol + rtol * |torch|``."""
+    rtol: float = 1e-3
+    """Relative tolerance (see ``atol``)."""
+    per_output: dict[str, ToleranceConfig] = field(default_factory=dict)
+    """Per-output overrides, e.g. ``{logits: {atol: 1e-3}}``."""
+    on_mismatch: str = "fail"
+    """``fail`` (nothing is published) or ``warn`` (publish and warn) when parity fails."""
+    sizes: Optional[list[int]] = None
+    """Sizes each dynamic axis is checked at, besides the export size. ``None``: 1 and a larger size."""
+    seed: int = 0
+    """Seed for the generated validation inputs."""
+    report: Optional[str] = None
+    """Where the JSON report goes. ``None``: ``<output stem>.validation.json`` beside the model."""
+    latency_runs: int = 10
+    """Timed runs for the torch / ONNX Runtime latency numbers at the export shape (0 turns timing off)."""
+    localize: bool = False
+    """On a parity failure of a dynamo export, name the first operator whose output diverges."""
+
+
+@dataclass
+class ExportConfig:
+    """Everything that decides the bytes of the exported file."""
+
+    schema_version: int = SCHEMA_VERSION
+    """Version of this schema. Files written for a newer onnxport are refused with a clear error."""
+    exporter: str = "auto"
+    """``dynamo``, ``torchscript`` or ``auto`` (dynamo, else TorchScript with the reason recorded)."""
+    opset: int = 18
+    """ONNX opset to produce. Checked against what the chosen exporter supports."""
+    dynamic_batch: bool = True
+    """Make axis 0 of every input (and output) a dynamic axis named ``batch``."""
+    dynamic_axes: dict[str, Any] = field(default_factory=dict)
+    """torch.onnx form ``{input_or_output: {axis: name}}``; overrides ``dynamic_batch`` per name."""
+    input_names: Optional[list[str]] = None
+    """Graph input names. ``None``: ``forward``'s parameter names or the dict keys."""
+    output_names: Optional[list[str]] = None
+    """Graph output names. ``None``: derived from the output structure (``output``, ``logits``, ...)."""
+    inputs: list[InputSpec] = field(default_factory=list)
+    """Input spec, used when no example inputs are given (see ``InputSpec``)."""
+    external_data: str = "auto"
+    """``auto`` (external ``<name>.onnx.data`` only over 2 GB), ``always`` or ``never``."""
+    model_version: int = 0
+    """Written to the ONNX ``model_version`` field."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Extra ``metadata_props`` written into the file (keys are prefixed ``onnxport.user.``)."""
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    """Validation settings (see ``ValidationConfig``)."""
+
+    # -- construction ---------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ExportConfig:
+        """Build a config from plain data, refusing unknown keys, wrong types and newer versions."""
+        data = dict(data or {})
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version not in SUPPORTED_SCHEMA_VERSIONS:
+            raise ConfigError(
+                f"export.schema_version={version!r} is not supported; "
+                f"this onnxport reads schema versions {list(SUPPORTED_SCHEMA_VERSIONS)}",
+                fix="upgrade onnxport or write the config for a supported schema_version",
+            )
+        config = _build(cls, data, "export")
+        config.check()
+        return config
+
+    @classmethod
+    def coerce(cls, config: ExportConfig | Mapping[str, Any] | None = None, **options: Any) -> ExportConfig:
+        """Merge ``config`` (an ``ExportConfig``, a mapping or ``None``) with keyword options.
+
+        Options override the config; a nested ``validation`` mapping is merged key by key.
+        """
+        base = config.to_dict() if isinstance(config, ExportConfig) else _plain(config or {})
+        return cls.from_dict(_deep_merge(base, _plain(options)))
+
+    def replace(self, **options: Any) -> ExportConfig:
+        """A copy with ``options`` merged in (checked like ``from_dict``)."""
+        return ExportConfig.coerce(self, **options)
+
+    # -- checks -----------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Reject values outside their allowed sets, naming the value and what is allowed."""
+        _one_of("export.exporter", self.exporter, EXPORTERS)
+        _one_of("export.external_data", self.external_data, EXTERNAL_DATA_MODES)
+        _one_of("export.validation.on_mismatch", self.validation.on_mismatch, MISMATCH_POLICIES)
+        if not 7 <= self.opset <= 99:
+            raise ConfigError(
+                f"export.opset={self.opset} is not an ONNX opset",
+                fix="use an opset between 7 and the newest your exporter supports (e.g. 17 or 18)",
+            )
+        for tolerance_name in ("atol", "rtol"):
+            if getattr(self.validation, tolerance_name) < 0:
+                raise ConfigError(
+                    f"export.validation.{tolerance_name}="
+                    f"{getattr(self.validation, tolerance_name)} is negative",
+                    fix="use a tolerance >= 0",
+                )
+        for spec in self.inputs:
+            if not spec.name:
+                raise ConfigError("export.inputs has an entry without a name", fix="give every input a name")
+            _one_of(f"export.inputs[{spec.name}].dtype", spec.dtype, DTYPES)
+        for size in self.validation.sizes or ():
+            if size < 1:
+                raise ConfigError(f"export.validation.sizes has {size}", fix="use axis sizes >= 1")
+
+    # -- serialisation ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready data (dict keys as strings, as in YAML and JSON)."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace. Its hash identifies the config."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        """sha256 of :meth:`to_json`."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+# -- strict dataclass building ------------------------------------------------------------
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(str(key) for key in data if key not in fields)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {where}.{unknown[0]}; valid keys of {where}: {', '.join(sorted(fields))}",
+            fix="check the spelling against the config reference in the README",
+        )
+    values = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, where)
+    if hint is Any:
+        return _plain(value)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, Mapping):
+            raise _wrong_type(where, value, "a mapping")
+        return _build(hint, value, where)
+    if origin is list:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise _wrong_type(where, value, "a list")
+        return [_convert(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _wrong_type(where, value, "a mapping")
+        return {
+            _convert(args[0], key, where): _convert(args[1], item, f"{where}.{key}")
+            for key, item in value.items()
+        }
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _wrong_type(where, value, "true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _wrong_type(where, value, "an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _wrong_type(where, value, "a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _wrong_type(where, value, "a string")
+    raise TypeError(f"unsupported schema type {hint!r} at {where}")  # a bug in this module
+
+
+def _wrong_type(where: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(
+        f"{where}={value!r} has the wrong type ({type(value).__name__}); expected {expected}",
+        fix=f"set {where} to {expected}",
+    )
+
+
+def _one_of(where: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{where}={value!r} is not allowed; choose one of {', '.join(allowed)}",
+            fix=f"set {where} to one of {', '.join(allowed)}",
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, OmegaConf containers and tuples to plain dicts and lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if type(value).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return _plain(OmegaConf.to_container(value, resolve=True))
+    if isinstance(value, Mapping):
+        return {str(key) if isinstance(key, int) else key: _plain(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        nested = isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+        if nested and key != "dynamic_axes":  # dynamic_axes is replaced whole, as in torch.onnx
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_reference() -> str:
+    """Markdown tables of every option with its default and docstring, for the README."""
+    import ast
+    import inspect
+
+    lines: list[str] = []
+    for cls, prefix in (
+        (ExportConfig, "export."),
+        (ValidationConfig, "export.validation."),
+        (ToleranceConfig, "export.validation.per_output.<name>."),
+        (InputSpec, "export.inputs[]."),
+    ):
+        docs: dict[str, str] = {}
+        body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
+        for node, following in itertools.pairwise(body):
+            if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr):
+                docs[node.target.id] = " ".join(str(following.value.value).split())  # type: ignore[attr-defined]
+        lines += [f"### `{cls.__name__}`", "", "| key | default | meaning |", "|---|---|---|"]
+        defaults = cls().__dict__
+        for f in dataclasses.fields(cls):
+            default = defaults[f.name]
+            shown = "" if dataclasses.is_dataclass(default) else json.dumps(_plain(default))
+            lines.append(f"| `{prefix}{f.name}` | `{shown}` | {docs.get(f.name, '')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(config_reference())

@@ -1,0 +1,92 @@
+"""Typed errors. Every error names the bad value and carries the fix.
+
+The CLI maps :attr:`OnnxportError.exit_code` to the process exit status:
+``2`` for bad config or bad input, ``1`` when validation failed (nothing was
+published).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EXIT_VALIDATION_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class OnnxportError(Exception):
+    """Base of every error onnxport raises on purpose.
+
+    ``str(error)`` is one line: what was wrong, then ``Fix: ...`` when a fix is known.
+    """
+
+    exit_code: int = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        self.message = message
+        self.fix = fix
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        message = " ".join(self.message.split())  # one line, whatever the caller built
+        return f"{message}. Fix: {self.fix}" if self.fix else message
+
+
+class ConfigError(OnnxportError, ValueError):
+    """An option is unknown, of the wrong type, or out of its allowed values."""
+
+
+class InputError(OnnxportError, ValueError):
+    """The model, its example inputs or a path given by the caller cannot be used."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint or weights file is missing, corrupt, untrusted or does not fit the model."""
+
+
+class ExportError(OnnxportError):
+    """torch.onnx could not turn the model into an ONNX graph."""
+
+
+class UnsupportedOperatorError(ExportError):
+    """The model uses an operator that no available exporter can translate."""
+
+    def __init__(self, operator: str, message: str, *, fix: str | None = None) -> None:
+        self.operator = operator
+        super().__init__(message, fix=fix)
+
+
+class PublishError(OnnxportError):
+    """The validated file could not be moved to the output path."""
+
+
+class ValidationError(OnnxportError):
+    """The exported file does not compute what the PyTorch model computes.
+
+    ``report`` holds the :class:`~onnxport.validation.ValidationReport` when one was made.
+    """
+
+    exit_code = EXIT_VALIDATION_FAILED
+
+    def __init__(self, message: str, *, fix: str | None = None, report: Any = None) -> None:
+        self.report = report
+        super().__init__(message, fix=fix)
+
+
+class CheckerError(ValidationError):
+    """``onnx.checker`` or strict shape inference rejected the file."""
+
+
+class SessionError(ValidationError):
+    """ONNX Runtime could not create a CPU session for the file."""
+
+
+class SignatureMismatchError(ValidationError):
+    """The graph's inputs or outputs differ from the exported names or count."""
+
+
+class ParityError(ValidationError):
+    """ONNX Runtime's outputs differ from eager PyTorch beyond the tolerances."""
+
+
+class NonFiniteError(ParityError):
+    """NaN or Inf appeared in the outputs of PyTorch or ONNX Runtime."""
