@@ -1,0 +1,130 @@
+"""Shared fixtures: small real models and helpers to run real exports in ONNX Runtime.
+
+Everything here is real: torch modules, torch.onnx, ONNX Runtime. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Tests must not depend on the developer's git identity or a GPU.
+os.environ.setdefault("GIT_AUTHOR_NAME", "onnxport-tests")
+os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@onnxport.invalid")
+os.environ.setdefault("GIT_COMMITTER_NAME", "onnxport-tests")
+os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@onnxport.invalid")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+class TinyMLP(nn.Module):
+    """Two linear layers; the workhorse model of the suite."""
+
+    def __init__(self, in_features: int = 4, hidden: int = 8, out_features: int = 3) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.fc2 = nn.Linear(hidden, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class TinyCNN(nn.Module):
+    """A conv net with batch norm and dropout, so training/eval mode matters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(4, 10)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.bn(self.conv(image))).mean(dim=(2, 3))
+        return self.head(self.drop(features))
+
+
+class TwoInputs(nn.Module):
+    """Two named tensor inputs and a tuple output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.proj(x) + y, (x * y).sum(dim=-1)
+
+
+class DictOutput(nn.Module):
+    """Nested dict output, for readable output names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, object]:
+        logits = self.proj(x)
+        return {"logits": logits, "extra": {"probs": logits.softmax(-1), "norm": x.norm(dim=-1)}}
+
+
+class TokenClassifier(nn.Module):
+    """Integer token ids in, as a text model takes them."""
+
+    def __init__(self, vocab: int = 50, dim: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(input_ids).mean(dim=1))
+
+
+@pytest.fixture
+def mlp() -> TinyMLP:
+    torch.manual_seed(0)
+    return TinyMLP().eval()
+
+
+@pytest.fixture
+def mlp_input() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(2, 4)
+
+
+@pytest.fixture
+def cnn() -> TinyCNN:
+    torch.manual_seed(0)
+    return TinyCNN()
+
+
+def run_onnx(path: str | os.PathLike, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a real ONNX Runtime CPU session on ``feed`` and return every output."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def onnx_input_names(path: str | os.PathLike) -> list[str]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [i.name for i in session.get_inputs()]
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path) -> Path:
+    """An empty git repository with an identity, for tests that need provenance or dvc."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
+    subprocess.run(["git", "config", "user.email", "tests@onnxport.invalid"], cwd=repo, check=True)
+    subprocess.run(["git", "config", "user.name", "onnxport-tests"], cwd=repo, check=True)
+    return repo
