@@ -1,0 +1,322 @@
+"""Build a model from what training left on disk.
+
+Four kinds of file are understood, told apart by their content rather than
+their suffix:
+
+* a Lightning ``.ckpt`` (needs the LightningModule class, or a built ``model``),
+* a state_dict file (``.pt`` / ``.pth`` / ``.bin``) plus a ``model`` to load it into,
+  given as a module or as a Hydra ``_target_`` config,
+* a TorchScript archive (``torch.jit.save``),
+* an ExportedProgram archive (``torch.export.save``, ``.pt2``).
+
+Pickled checkpoints load with ``weights_only=True`` unless the caller passes
+``trust_checkpoint=True``: unpickling anything else can run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onnxport.errors import CheckpointError, InputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.export import ExportedProgram
+
+PathLike = str | os.PathLike
+
+# Where common training scripts keep the weights inside a checkpoint dict.
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+_TRUST_FIX = (
+    "pass trust_checkpoint=True only if you trust where the file came from "
+    "(unpickling can run arbitrary code), or save model.state_dict() instead"
+)
+
+
+def load_model(
+    source: Any,
+    *,
+    model: Any = None,
+    model_class: type | str | None = None,
+    trust_checkpoint: bool = False,
+    map_location: Any = "cpu",
+) -> nn.Module | torch.jit.ScriptModule | ExportedProgram:
+    """Load a model from a checkpoint, weights, TorchScript or ExportedProgram file.
+
+    Args:
+        source: path to the file. A model object is returned unchanged.
+        model: the module to load a state_dict into: an ``nn.Module`` already built,
+            or a Hydra config (mapping or DictConfig) with a ``_target_`` to build it.
+        model_class: the LightningModule class of a ``.ckpt``, or its import path
+            ``"package.module.Class"``. For a plain state_dict, a class built with no arguments.
+        trust_checkpoint: allow full unpickling (``weights_only=False``). Only for trusted files.
+        map_location: passed to ``torch.load`` / ``torch.jit.load``.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt, untrusted or does not fit the model.
+        InputError: ``model`` or ``model_class`` cannot be built or imported.
+
+    >>> import tempfile, torch
+    >>> net = torch.nn.Linear(2, 2)
+    >>> path = tempfile.mkdtemp() + "/weights.pt"
+    >>> torch.save(torch.nn.DataParallel(net).state_dict(), path)
+    >>> load_model(path, model=torch.nn.Linear(2, 2)).weight.equal(net.weight)
+    True
+    """
+    import torch
+    from torch.export import ExportedProgram
+
+    if isinstance(source, torch.nn.Module | ExportedProgram):
+        return source
+    if not isinstance(source, str | os.PathLike):
+        raise InputError(
+            f"source must be a path to a checkpoint or a model, got {type(source).__name__}",
+            fix="pass the path of a .ckpt, .pt, .pth, .bin or .pt2 file",
+        )
+    path = Path(source)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist", fix="check the path (relative paths start at the cwd)"
+        )
+
+    kind = _archive_kind(path)
+    if kind == "torchscript":
+        return _guarded(path, lambda: torch.jit.load(str(path), map_location=map_location))
+    if kind == "exported_program":
+        return _guarded(path, lambda: torch.export.load(str(path)))
+
+    checkpoint = _torch_load(path, trust_checkpoint=trust_checkpoint, map_location=map_location)
+    if isinstance(checkpoint, torch.nn.Module):  # torch.save(model), loadable only when trusted
+        return checkpoint
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(checkpoint).__name__}, not a model or a state_dict",
+            fix="save model.state_dict() or the model itself",
+        )
+
+    if _is_lightning_checkpoint(checkpoint) and model is None:
+        if model_class is None:
+            raise CheckpointError(
+                f"checkpoint {path} is a Lightning checkpoint and needs its LightningModule class",
+                fix='pass model_class="package.module.ClassName" (or the class itself)',
+            )
+        del checkpoint  # Lightning reads the file again; do not hold two copies
+        return _load_lightning(path, _resolve_class(model_class), trust_checkpoint, map_location)
+
+    state_dict = _find_state_dict(checkpoint, path)
+    target = _build_target(model, model_class, path)
+    _load_state_dict(target, state_dict, path)
+    return target
+
+
+def file_sha256(path: PathLike, *, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks so a large checkpoint is never held in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _archive_kind(path: Path) -> str:
+    """``torchscript``, ``exported_program`` or ``pickle`` (torch.save, zip or legacy format)."""
+    if not zipfile.is_zipfile(path):
+        return "pickle"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            # Every torch archive keeps its records under one top-level folder.
+            records = {name.split("/", 1)[-1] for name in archive.namelist()}
+    except (zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: {error}", fix="re-save or re-download it"
+        ) from error
+    if "constants.pkl" in records and any(name.startswith("code/") for name in records):
+        return "torchscript"
+    if "archive_format" in records or any(name.startswith("models/") for name in records):
+        return "exported_program"
+    return "pickle"
+
+
+def _torch_load(path: Path, *, trust_checkpoint: bool, map_location: Any) -> Any:
+    import pickle
+
+    import torch
+
+    # mmap keeps a large checkpoint's tensors on disk until they are copied into the model.
+    mmap = zipfile.is_zipfile(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not trust_checkpoint, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        refused = _refused_global(str(error))
+        if not trust_checkpoint and refused:
+            raise CheckpointError(
+                f"checkpoint {path} needs full unpickling (it stores {refused}) and is not trusted",
+                fix=_TRUST_FIX,
+            ) from error
+        raise _corrupt(path, error) from error
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as error:
+        raise _corrupt(path, error) from error
+
+
+def _refused_global(message: str) -> str | None:
+    """The class weights-only loading refused, or None when the failure is corruption."""
+    match = re.search(r"GLOBAL (\S+) was not an allowed global", message)
+    # A truncated pickle yields a cut name such as "torch._utils.".
+    if match and not match.group(1).endswith("."):
+        return match.group(1)
+    return None
+
+
+def _corrupt(path: Path, error: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {_first_line(error)})",
+        fix="re-save or re-download the file and compare its sha256",
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _guarded(path: Path, load: Any) -> Any:
+    try:
+        return load()
+    except (RuntimeError, ValueError, KeyError, EOFError, OSError, zipfile.BadZipFile) as error:
+        raise _corrupt(path, error) from error
+
+
+def _is_lightning_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
+    return "state_dict" in checkpoint and "pytorch-lightning_version" in checkpoint
+
+
+def _find_state_dict(checkpoint: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
+    import torch
+
+    if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        return checkpoint
+    for key in _STATE_DICT_KEYS:
+        if isinstance(checkpoint.get(key), Mapping):
+            return checkpoint[key]
+    raise CheckpointError(
+        f"checkpoint {path} holds no state_dict (top-level keys: {sorted(map(str, checkpoint))[:8]})",
+        fix=f"save model.state_dict(), or a dict with one of {list(_STATE_DICT_KEYS)}",
+    )
+
+
+def _resolve_class(model_class: type | str) -> type:
+    if isinstance(model_class, type):
+        return model_class
+    module_name, _, class_name = model_class.replace(":", ".").rpartition(".")
+    try:
+        resolved = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise InputError(
+            f"model_class {model_class!r} cannot be imported ({type(error).__name__}: {error})",
+            fix="give the full import path, e.g. 'mypackage.models.Classifier', importable from the cwd",
+        ) from error
+    if not isinstance(resolved, type):
+        raise InputError(f"model_class {model_class!r} is a {type(resolved).__name__}, not a class")
+    return resolved
+
+
+def _load_lightning(path: Path, cls: type, trust_checkpoint: bool, map_location: Any) -> nn.Module:
+    # Duck-typed so pytorch_lightning and lightning.pytorch modules both work without importing either.
+    if not callable(getattr(cls, "load_from_checkpoint", None)):
+        raise InputError(
+            f"model_class {cls.__qualname__} is not a LightningModule; it cannot load checkpoint {path}",
+            fix="pass the LightningModule subclass that was trained, or build it and pass model=",
+        )
+    try:
+        return cls.load_from_checkpoint(path, map_location=map_location, weights_only=not trust_checkpoint)
+    except (RuntimeError, KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"{cls.__qualname__}.load_from_checkpoint({path}) failed: {_first_line(error)}",
+            fix="check that model_class is the class this checkpoint was trained with",
+        ) from error
+
+
+def _build_target(model: Any, model_class: type | str | None, path: Path) -> nn.Module:
+    from torch import nn
+
+    from onnxport.unwrap import unwrap
+
+    if isinstance(model, nn.Module):
+        return unwrap(model)  # load into the module that owns the parameter names
+    if model is not None:
+        return _instantiate(model)
+    if model_class is not None:
+        cls = _resolve_class(model_class)
+        try:
+            built = cls()
+        except TypeError as error:
+            raise InputError(
+                f"model_class {cls.__qualname__} cannot be built without arguments ({error})",
+                fix="build the model yourself and pass model=, or pass a Hydra _target_ config",
+            ) from error
+        return unwrap(built)
+    raise CheckpointError(
+        f"checkpoint {path} holds only weights (a state_dict) and no model was given to load them into",
+        fix="pass model=<nn.Module> or model={'_target_': 'package.module.Class', ...}",
+    )
+
+
+def _instantiate(config: Any) -> nn.Module:
+    from torch import nn
+
+    target = config.get("_target_") if isinstance(config, Mapping) else None
+    if target is None:
+        raise InputError(
+            f"model must be an nn.Module or a Hydra config with _target_, got {type(config).__name__}",
+            fix="pass model={'_target_': 'package.module.Class', ...} or a built module",
+        )
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        built = instantiate(config)
+    except InstantiationException as error:
+        raise InputError(
+            f"model _target_ {target!r} could not be built: {_first_line(error)}",
+            fix="check the import path and arguments of _target_ (it must import from the cwd)",
+        ) from error
+    if not isinstance(built, nn.Module):
+        raise InputError(f"model _target_ {target!r} built a {type(built).__name__}, not an nn.Module")
+    return built
+
+
+def _load_state_dict(target: nn.Module, state_dict: Mapping[str, Any], path: Path) -> None:
+    from onnxport.unwrap import strip_wrapper_prefixes
+
+    expected = set(target.state_dict())
+    # Strip only when the keys do not already fit: a bare model may own a submodule named "module".
+    if set(state_dict) != expected:
+        state_dict = strip_wrapper_prefixes(state_dict)
+    missing = sorted(expected - set(state_dict))
+    unexpected = sorted(set(state_dict) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights in {path} do not fit {type(target).__name__}: "
+            f"{len(missing)} missing (first: {missing[0] if missing else None!r}), "
+            f"{len(unexpected)} unexpected (first: {unexpected[0] if unexpected else None!r})",
+            fix="build the same architecture the weights were saved from",
+        )
+    try:
+        target.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:  # same keys, different shapes
+        detail = next(
+            (line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error)
+        )
+        raise CheckpointError(
+            f"weights in {path} do not fit {type(target).__name__}: {detail[:200]}",
+            fix="build the model with the hyperparameters the weights were trained with",
+        ) from error
