@@ -1,0 +1,210 @@
+"""What validation found: per output and shape numbers, a table for people, JSON for DVC.
+
+The JSON keeps numbers only in its metric sections so ``dvc metrics show`` and
+``dvc metrics diff`` can display and compare every value; the run context (git
+commit, host, time) sits in its own ``run`` section and never goes into the
+model file.
+
+Only the standard library is imported here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class OutputCheck:
+    """One output compared at one case of the shape matrix."""
+
+    name: str
+    shape: tuple[int, ...]
+    atol: float
+    rtol: float
+    max_abs_diff: float = 0.0
+    max_rel_diff: float = 0.0
+    mismatch_pct: float = 0.0
+    nan_torch: int = 0
+    nan_ort: int = 0
+    inf_torch: int = 0
+    inf_ort: int = 0
+    error: Optional[str] = None
+    """Why the output could not be compared (e.g. shapes differ), ``None`` when it was."""
+
+    @property
+    def non_finite(self) -> bool:
+        return bool(self.nan_torch or self.nan_ort or self.inf_torch or self.inf_ort)
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.mismatch_pct == 0.0 and not self.non_finite
+
+    def problem(self) -> str:
+        """One phrase saying why this output failed."""
+        if self.error:
+            return self.error
+        nan = [side for side, count in (("torch", self.nan_torch), ("onnxruntime", self.nan_ort)) if count]
+        if nan:
+            return f"NaN found in the {' and '.join(nan)} output"
+        inf = [side for side, count in (("torch", self.inf_torch), ("onnxruntime", self.inf_ort)) if count]
+        if inf:
+            return f"Inf found in the {' and '.join(inf)} output"
+        return (
+            f"max_abs_diff={self.max_abs_diff:.1e} > atol={self.atol:.0e}+rtol={self.rtol:.0e}*|torch| "
+            f"({self.mismatch_pct:.3g}% of elements)"
+        )
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "passed": int(self.passed),
+            "max_abs_diff": self.max_abs_diff,
+            "max_rel_diff": self.max_rel_diff,
+            "mismatch_pct": self.mismatch_pct,
+            "nan": self.nan_torch + self.nan_ort,
+            "inf": self.inf_torch + self.inf_ort,
+        }
+
+
+@dataclass
+class CaseResult:
+    """One row of the shape matrix: the axis sizes used and every output's comparison."""
+
+    label: str
+    """``batch=1``, ``batch=5,seq=9``, ``export`` (no dynamic axis) or ``sample_0``."""
+    sizes: dict[str, int]
+    outputs: list[OutputCheck] = field(default_factory=list)
+    error: Optional[str] = None
+    """Why the case could not run at all (torch or onnxruntime raised)."""
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(output.passed for output in self.outputs)
+
+    def failures(self) -> list[str]:
+        if self.error:
+            return [f"{self.label}: {self.error}"]
+        return [f"{o.name} at {self.label} {o.problem()}" for o in self.outputs if not o.passed]
+
+
+@dataclass
+class ValidationReport:
+    """The result of :func:`onnxport.validate`: every case of the shape matrix, latency and tolerances."""
+
+    onnx_path: str
+    cases: list[CaseResult]
+    atol: float
+    rtol: float
+    per_output: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Tolerances actually used for outputs that override the global ones."""
+    torch_latency_ms: Optional[float] = None
+    ort_latency_ms: Optional[float] = None
+    first_divergence: Optional[str] = None
+    """With ``validation.localize``: the first operator whose output diverges, as a phrase."""
+    run: dict[str, Any] = field(default_factory=dict)
+    """Run context (git commit and dirty flag, host, time); kept out of the model file."""
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cases) and all(case.passed for case in self.cases)
+
+    @property
+    def failed_cases(self) -> list[CaseResult]:
+        return [case for case in self.cases if not case.passed]
+
+    @property
+    def non_finite(self) -> bool:
+        return any(output.non_finite for case in self.cases for output in case.outputs)
+
+    def failure_message(self, limit: int = 3) -> str:
+        """One line: how many cases failed and the first few reasons."""
+        failed = self.failed_cases
+        reasons = [reason for case in failed for reason in case.failures()]
+        shown = "; ".join(reasons[:limit])
+        more = f"; and {len(reasons) - limit} more" if len(reasons) > limit else ""
+        where = f"; first diverging operator: {self.first_divergence}" if self.first_divergence else ""
+        return f"{len(failed)} of {len(self.cases)} validation cases failed: {shown}{more}{where}"
+
+    # -- for machines -----------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat numeric metrics (``passed`` is 0/1) plus the ``run`` context in its own section."""
+        checks = [output for case in self.cases for output in case.outputs]
+        metrics: dict[str, Any] = {
+            "passed": int(self.passed),
+            "cases": len(self.cases),
+            "failed_cases": len(self.failed_cases),
+            "max_abs_diff": max((o.max_abs_diff for o in checks), default=0.0),
+            "max_rel_diff": max((o.max_rel_diff for o in checks), default=0.0),
+            "mismatch_pct": max((o.mismatch_pct for o in checks), default=0.0),
+        }
+        if self.torch_latency_ms is not None:
+            metrics["torch_latency_ms"] = self.torch_latency_ms
+        if self.ort_latency_ms is not None:
+            metrics["ort_latency_ms"] = self.ort_latency_ms
+        outputs: dict[str, dict[str, Any]] = {}
+        for case in self.cases:
+            for output in case.outputs:
+                outputs.setdefault(output.name, {})[case.label] = output.metrics()
+        metrics["outputs"] = outputs
+        metrics["tolerances"] = {"atol": self.atol, "rtol": self.rtol, **self.per_output}
+        metrics["run"] = dict(self.run)
+        return metrics
+
+    def write_json(self, path: str | os.PathLike[str]) -> str:
+        """Write :meth:`to_dict` as JSON (a DVC metrics file); returns the path written."""
+        path = os.fspath(path)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2, sort_keys=True, allow_nan=False)
+            handle.write("\n")
+        return path
+
+    # -- for people ----------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """A table with one row per output and shape, ✓/✗ marks and the tolerances used."""
+        verdict = "passed" if self.passed else "FAILED"
+        lines = [
+            f"ONNX validation {verdict}: {len(self.cases) - len(self.failed_cases)} of {len(self.cases)} "
+            f"cases passed (atol={self.atol:g}, rtol={self.rtol:g}; "
+            f"|ort - torch| <= atol + rtol*|torch|) for {self.onnx_path}"
+        ]
+        header = ("", "output", "case", "shape", "max_abs_diff", "max_rel_diff", "mismatch%", "atol", "rtol")
+        rows = [header]
+        for case in self.cases:
+            if case.error:
+                rows.append(("✗", "-", case.label, "-", "-", "-", "-", "-", "-"))
+            for o in case.outputs:
+                rows.append(
+                    (
+                        "✓" if o.passed else "✗",
+                        o.name,
+                        case.label,
+                        "x".join(map(str, o.shape)) or "scalar",
+                        f"{o.max_abs_diff:.2e}",
+                        f"{o.max_rel_diff:.2e}",
+                        f"{o.mismatch_pct:.3g}",
+                        f"{o.atol:g}",
+                        f"{o.rtol:g}",
+                    )
+                )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines += [
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        ]
+        for case in self.failed_cases:
+            lines += [f"✗ {reason}" for reason in case.failures()]
+        if self.first_divergence:
+            lines.append(f"first diverging operator: {self.first_divergence}")
+        if self.torch_latency_ms is not None and self.ort_latency_ms is not None:
+            lines.append(
+                f"latency at the export shape (median): torch {self.torch_latency_ms:.3f} ms, "
+                f"onnxruntime {self.ort_latency_ms:.3f} ms"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()

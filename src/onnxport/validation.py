@@ -1,0 +1,551 @@
+"""Prove an ONNX file computes what the PyTorch model computes, before anyone ships it.
+
+Checks run in order and each failure is its own :class:`~onnxport.errors.ValidationError`:
+
+1. ``onnx.checker`` with ``full_check=True``, by path (files over 2 GB and external
+   data work); a full check includes strict shape inference with type checks.
+2. An ONNX Runtime CPU session can be created.
+3. The graph's inputs and outputs match the example inputs and the model's outputs in
+   count (and in names, when names are known).
+4. Parity with eager PyTorch in float32 (TF32 off) over a shape matrix built from the
+   graph's own symbolic dimensions: every dynamic axis at 1, the export size and a
+   larger size, with seeded inputs of the right dtypes (or the caller's real samples).
+
+PyTorch's ``verify=True`` only warns and only at the export inputs; here a parity
+failure raises unless ``validation.on_mismatch`` is ``warn``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import statistics
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+from torch.utils import _pytree as pytree
+
+from onnxport.config import ExportConfig, InputSpec, ValidationConfig
+from onnxport.errors import (
+    CheckerError,
+    InputError,
+    NonFiniteError,
+    ParityError,
+    SessionError,
+    SignatureMismatchError,
+)
+from onnxport.report import CaseResult, OutputCheck, ValidationReport
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+__all__ = ["ValidationReport", "validate"]
+
+logger = logging.getLogger(__name__)
+
+
+def validate(
+    onnx_path: str | os.PathLike[str],
+    model: torch.nn.Module,
+    example_inputs: Any = None,
+    *,
+    config: ExportConfig | Mapping[str, Any] | None = None,
+    samples: Optional[Sequence[Any]] = None,
+    **options: Any,
+) -> ValidationReport:
+    """Check ``onnx_path`` against ``model`` over a matrix of shapes.
+
+    Args:
+        onnx_path: the ONNX file (external data, if any, beside it).
+        model: the eager module the file was exported from.
+        example_inputs: the export inputs (tensor, tuple, dict or prepared ``ModelInputs``).
+        config: an ``ExportConfig``, a mapping or ``None``; ``options`` are merged into it,
+            e.g. ``validation={"atol": 1e-3, "on_mismatch": "warn"}``.
+        samples: real inputs in the same structure as ``example_inputs``; when given they
+            replace the generated inputs of the shape matrix.
+
+    Returns:
+        The :class:`ValidationReport`; ``report.passed`` is ``False`` only with
+        ``on_mismatch="warn"``.
+
+    Raises:
+        CheckerError, SessionError, SignatureMismatchError: the file is broken or does not fit.
+        ParityError (NonFiniteError for NaN/Inf): outputs differ and ``on_mismatch="fail"``.
+    """
+    config = ExportConfig.coerce(config, **options)
+    settings = config.validation
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise InputError(f"ONNX file {str(path)!r} does not exist", fix="pass the path of an exported file")
+    model = _as_module(model)
+    example = _prepare(model, example_inputs, config)
+
+    check_file(path)
+    session = open_session(path)
+    graph_inputs = session.get_inputs()
+    graph_outputs = [meta.name for meta in session.get_outputs()]
+
+    with _eval_mode(model), _exact_float32():
+        expected = _flat_outputs(example.call(model))
+        _check_signature(path, graph_inputs, graph_outputs, example, len(expected), config)
+        axes = _dynamic_axes(graph_inputs, example)
+        cases = [_Case(_label(axes.export_sizes), axes.export_sizes, example)]
+        if samples:
+            cases += [_sample_case(i, model, sample, axes, config) for i, sample in enumerate(samples)]
+        else:
+            cases += _generated_cases(example, axes, settings, _specs(example, config))
+        tolerances = {name: _tolerance(settings, name) for name in graph_outputs}
+        results = [_run_case(case, model, session, graph_outputs, tolerances) for case in cases]
+        torch_ms, ort_ms = _latency(model, example, session, settings.latency_runs)
+
+    report = ValidationReport(
+        onnx_path=str(path),
+        cases=results,
+        atol=settings.atol,
+        rtol=settings.rtol,
+        per_output={
+            name: {"atol": atol, "rtol": rtol}
+            for name, (atol, rtol) in tolerances.items()
+            if (atol, rtol) != (settings.atol, settings.rtol)
+        },
+        torch_latency_ms=torch_ms,
+        ort_latency_ms=ort_ms,
+        run=_run_context(),
+    )
+    if report.passed:
+        logger.info("%s", report.summary())
+        return report
+    error_type = NonFiniteError if report.non_finite else ParityError
+    if settings.on_mismatch == "fail":
+        raise error_type(
+            report.failure_message(),
+            fix="see error.report.summary(); fix the model or its dynamic axes, or loosen "
+            "export.validation.atol/rtol (per_output for one output)",
+            report=report,
+        )
+    logger.warning(
+        "validation failed (on_mismatch=warn, publishing anyway): %s\n%s",
+        report.failure_message(),
+        report.summary(),
+    )
+    return report
+
+
+# -- file checks -----------------------------------------------------------------------------
+
+
+def check_file(path: Path) -> None:
+    """``onnx.checker`` by path with ``full_check`` (strict shape inference and type checks)."""
+    import onnx
+
+    try:
+        # By path, not ModelProto: protobuf cannot hold more than 2 GB and the C++ checker
+        # resolves external data relative to the file.
+        onnx.checker.check_model(os.fspath(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise CheckerError(
+            f"onnx.checker rejected {path.name}: {_first_line(error)}",
+            fix="re-export with a supported opset, or report the exporter bug with this file",
+        ) from error
+
+
+def open_session(path: Path) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime CPU session for ``path``."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+        raise SessionError(
+            f"onnxruntime {ort.__version__} cannot load {path.name}: {_first_line(error)}",
+            fix="export with an opset this onnxruntime supports, or upgrade onnxruntime",
+        ) from error
+
+
+def _check_signature(
+    path: Path,
+    graph_inputs: list[Any],
+    graph_outputs: list[str],
+    example: _Example,
+    output_count: int,
+    config: ExportConfig,
+) -> None:
+    """The same count checks torch.onnx makes internally, plus names when they are known."""
+    names = [meta.name for meta in graph_inputs]
+    tensors = example.tensors()
+    problems = []
+    if len(names) != len(tensors):
+        problems.append(
+            f"the graph has {len(names)} inputs ({', '.join(names)}) but the example inputs "
+            f"flatten to {len(tensors)} tensors"
+        )
+    expected_names = config.input_names or example.names
+    if expected_names and list(expected_names) != names:
+        problems.append(f"graph inputs {names} are not the exported names {list(expected_names)}")
+    if len(graph_outputs) != output_count:
+        problems.append(
+            f"the graph has {len(graph_outputs)} outputs ({', '.join(graph_outputs)}) but the model "
+            f"returns {output_count} tensors"
+        )
+    if config.output_names and list(config.output_names) != graph_outputs:
+        problems.append(f"graph outputs {graph_outputs} are not export.output_names {config.output_names}")
+    for meta, tensor in zip(graph_inputs, tensors, strict=False):
+        if len(meta.shape) != tensor.dim():
+            problems.append(f"graph input {meta.name} has rank {len(meta.shape)}, the example {tensor.dim()}")
+    if problems:
+        raise SignatureMismatchError(
+            f"{path.name} does not fit the model: {'; '.join(problems)}",
+            fix="validate with the same model and example inputs the file was exported from",
+        )
+
+
+# -- the inputs of each case -----------------------------------------------------------------
+
+
+@dataclass
+class _Example:
+    """Model inputs as ``(args, kwargs)``; tensors are the pytree leaves, in graph-input order."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    names: list[str]
+    specs: dict[str, InputSpec]
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [
+            leaf for leaf in pytree.tree_leaves((self.args, self.kwargs)) if isinstance(leaf, torch.Tensor)
+        ]
+
+    def with_tensors(self, tensors: Sequence[torch.Tensor]) -> _Example:
+        leaves, spec = pytree.tree_flatten((self.args, self.kwargs))
+        replacements = iter(tensors)
+        leaves = [next(replacements) if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        args, kwargs = pytree.tree_unflatten(leaves, spec)
+        return _Example(tuple(args), dict(kwargs), self.names, self.specs)
+
+    def call(self, model: Any) -> Any:
+        with torch.no_grad():
+            return model(*self.args, **self.kwargs)
+
+    def feed(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        return {
+            name: tensor.detach().cpu().numpy() for name, tensor in zip(names, self.tensors(), strict=True)
+        }
+
+
+def _prepare(model: torch.nn.Module, example_inputs: Any, config: ExportConfig) -> _Example:
+    """Accept a prepared ``ModelInputs`` or raw example inputs (prepared like ``export`` does)."""
+    if not _is_model_inputs(example_inputs):
+        try:
+            from onnxport.inputs import prepare_inputs
+        except ImportError:  # the inputs module is not there yet: take plain tensors/tuples/dicts
+            return _Example(*_split_args(model, example_inputs), names=[], specs={})
+        example_inputs = prepare_inputs(model, example_inputs, config)
+    return _Example(
+        tuple(example_inputs.args),
+        dict(example_inputs.kwargs),
+        list(getattr(example_inputs, "names", None) or []),
+        dict(getattr(example_inputs, "specs", None) or {}),
+    )
+
+
+def _is_model_inputs(value: Any) -> bool:
+    return all(hasattr(value, attribute) for attribute in ("args", "kwargs", "with_tensors"))
+
+
+def _split_args(model: torch.nn.Module, example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if example is None:
+        raise InputError(
+            "validate() needs example inputs", fix="pass the tensors the model was exported with"
+        )
+    if isinstance(example, torch.Tensor):
+        return (example,), {}
+    if isinstance(example, Mapping):
+        parameters = inspect.signature(model.forward).parameters
+        if set(example) <= set(parameters):
+            return (), dict(example)
+        return (dict(example),), {}
+    return tuple(example), {}
+
+
+def _sample_case(index: int, model: Any, sample: Any, axes: _Axes, config: ExportConfig) -> _Case:
+    inputs = _prepare(model, sample, config)
+    sizes = {
+        symbol: inputs.tensors()[where[0][0]].shape[where[0][1]] for symbol, where in axes.positions.items()
+    }
+    return _Case(f"sample_{index}", sizes, inputs)
+
+
+def _specs(example: _Example, config: ExportConfig) -> dict[str, InputSpec]:
+    return example.specs or {spec.name: spec for spec in config.inputs}
+
+
+# -- the shape matrix ----------------------------------------------------------------------
+
+
+@dataclass
+class _Axes:
+    """Dynamic axes read from the graph: symbol -> [(input index, axis)], and their export sizes."""
+
+    positions: dict[str, list[tuple[int, int]]]
+    export_sizes: dict[str, int]
+
+
+@dataclass
+class _Case:
+    label: str
+    sizes: dict[str, int]
+    inputs: _Example
+
+
+def _dynamic_axes(graph_inputs: list[Any], example: _Example) -> _Axes:
+    """Every non-constant graph input dim; one symbol shared by inputs varies them together."""
+    positions: dict[str, list[tuple[int, int]]] = {}
+    export_sizes: dict[str, int] = {}
+    for index, (meta, tensor) in enumerate(zip(graph_inputs, example.tensors(), strict=True)):
+        for axis, dim in enumerate(meta.shape):
+            if isinstance(dim, int):
+                continue
+            symbol = dim if isinstance(dim, str) and dim else f"{meta.name}.{axis}"
+            positions.setdefault(symbol, []).append((index, axis))
+            export_sizes.setdefault(symbol, int(tensor.shape[axis]))
+    return _Axes(positions, export_sizes)
+
+
+def _generated_cases(
+    example: _Example, axes: _Axes, settings: ValidationConfig, specs: dict[str, InputSpec]
+) -> list[_Case]:
+    """Vary one symbol at a time over its sizes, then all symbols at their largest size."""
+    matrix: list[dict[str, int]] = []
+    largest = {}
+    for symbol, export_size in axes.export_sizes.items():
+        sizes = sorted(set(settings.sizes or (1, 2 * export_size + 1)) - {export_size})
+        largest[symbol] = max([export_size, *sizes])
+        matrix += [{**axes.export_sizes, symbol: size} for size in sizes]
+    if len(axes.export_sizes) > 1 and largest not in matrix and largest != axes.export_sizes:
+        matrix.append(largest)
+    cases = []
+    for number, sizes in enumerate(matrix, start=1):
+        generator = torch.Generator().manual_seed(settings.seed + number)
+        cases.append(_Case(_label(sizes), sizes, _random_inputs(example, axes, sizes, specs, generator)))
+    return cases
+
+
+def _random_inputs(
+    example: _Example,
+    axes: _Axes,
+    sizes: dict[str, int],
+    specs: dict[str, InputSpec],
+    generator: torch.Generator,
+) -> _Example:
+    shapes = [list(tensor.shape) for tensor in example.tensors()]
+    for symbol, where in axes.positions.items():
+        for index, axis in where:
+            shapes[index][axis] = sizes[symbol]
+    names = example.names or [None] * len(shapes)
+    tensors = [
+        _random_like(tensor, shape, specs.get(name or ""), generator)
+        for tensor, shape, name in zip(example.tensors(), shapes, names, strict=True)
+    ]
+    return example.with_tensors(tensors)
+
+
+def _random_like(
+    example: torch.Tensor, shape: list[int], spec: Optional[InputSpec], generator: torch.Generator
+) -> torch.Tensor:
+    """Seeded values of ``example``'s dtype: integers in the spec's [low, high) or the example's range."""
+    low = spec.low if spec is not None else None
+    high = spec.high if spec is not None else None
+    if example.dtype == torch.bool:
+        values = torch.randint(0, 2, shape, generator=generator).bool()
+    elif not example.dtype.is_floating_point and not example.dtype.is_complex:
+        if low is None:
+            low = example.min().item() if example.numel() else 0
+        if high is None:
+            high = example.max().item() + 1 if example.numel() else 10
+        values = torch.randint(int(low), max(int(high), int(low) + 1), shape, generator=generator)
+    elif low is not None and high is not None:
+        values = torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low) + low
+    else:
+        values = torch.randn(shape, generator=generator, dtype=torch.float64)
+    return values.to(dtype=example.dtype, device=example.device)
+
+
+def _label(sizes: dict[str, int]) -> str:
+    return ",".join(f"{symbol}={size}" for symbol, size in sizes.items()) or "export"
+
+
+# -- parity ----------------------------------------------------------------------------------
+
+
+def _run_case(
+    case: _Case,
+    model: Any,
+    session: onnxruntime.InferenceSession,
+    output_names: list[str],
+    tolerances: dict[str, tuple[float, float]],
+) -> CaseResult:
+    result = CaseResult(case.label, case.sizes)
+    input_names = [meta.name for meta in session.get_inputs()]
+    try:
+        expected = _flat_outputs(case.inputs.call(model))
+    except Exception as error:  # the model itself cannot run at this size
+        result.error = f"torch raised {type(error).__name__}: {_first_line(error)}"
+        return result
+    try:
+        actual = session.run(None, case.inputs.feed(input_names))
+    except Exception as error:  # e.g. a Reshape that baked in the export size
+        result.error = f"onnxruntime raised {_first_line(error)}"
+        return result
+    if len(expected) != len(actual):
+        result.error = f"torch returned {len(expected)} tensors, onnxruntime {len(actual)}"
+        return result
+    for name, torch_value, ort_value in zip(output_names, expected, actual, strict=True):
+        atol, rtol = tolerances[name]
+        result.outputs.append(
+            compare(name, torch_value.detach().cpu().numpy(), np.asarray(ort_value), atol, rtol)
+        )
+    return result
+
+
+def compare(name: str, expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> OutputCheck:
+    """Elementwise ``|actual - expected| <= atol + rtol * |expected|``; NaN never passes, Inf must match."""
+    check = OutputCheck(name, tuple(expected.shape), atol, rtol)
+    if expected.shape != actual.shape:
+        check.error = f"has shape {list(actual.shape)} in onnxruntime but {list(expected.shape)} in torch"
+        return check
+    expected = expected.astype(np.float64)
+    actual = actual.astype(np.float64)
+    check.nan_torch, check.nan_ort = int(np.isnan(expected).sum()), int(np.isnan(actual).sum())
+    check.inf_torch, check.inf_ort = int(np.isinf(expected).sum()), int(np.isinf(actual).sum())
+    finite = np.isfinite(expected) & np.isfinite(actual)
+    diff = np.where(finite, np.abs(actual - expected), 0.0)
+    within = finite & (diff <= atol + rtol * np.abs(np.where(finite, expected, 0.0)))
+    within |= np.isinf(expected) & (actual == expected)
+    if expected.size:
+        check.mismatch_pct = float(100.0 * (1.0 - within.mean()))
+        check.max_abs_diff = float(diff.max())
+        # eps as in torch.onnx.verification, so zeros in torch do not divide by zero
+        check.max_rel_diff = float((diff / (np.abs(np.where(finite, expected, 0.0)) + 1e-7)).max())
+    return check
+
+
+def _flat_outputs(outputs: Any) -> list[torch.Tensor]:
+    """Output tensors in the order the exporters flatten them."""
+    try:
+        from onnxport.inputs import flatten_outputs
+    except ImportError:
+        return [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
+    return [tensor for _, tensor in flatten_outputs(outputs)]
+
+
+def _tolerance(settings: ValidationConfig, name: str) -> tuple[float, float]:
+    override = settings.per_output.get(name)
+    if override is None:
+        return settings.atol, settings.rtol
+    return (
+        settings.atol if override.atol is None else override.atol,
+        settings.rtol if override.rtol is None else override.rtol,
+    )
+
+
+def _latency(
+    model: Any, example: _Example, session: onnxruntime.InferenceSession, runs: int
+) -> tuple[Optional[float], Optional[float]]:
+    """Median milliseconds over ``runs`` calls at the export shape, after one warm-up call."""
+    if runs <= 0:
+        return None, None
+    feed = example.feed([meta.name for meta in session.get_inputs()])
+    return _median_ms(lambda: example.call(model), runs), _median_ms(lambda: session.run(None, feed), runs)
+
+
+def _median_ms(function: Any, runs: int) -> float:
+    function()
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        function()
+        timings.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(timings)
+
+
+# -- context ----------------------------------------------------------------------------------
+
+
+def _as_module(model: Any) -> Any:
+    if isinstance(model, torch.export.ExportedProgram):
+        return model.module()
+    if not callable(model):
+        raise InputError(
+            f"validate() needs the PyTorch model, got {type(model).__name__}",
+            fix="pass the nn.Module the file was exported from",
+        )
+    return model
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Eval mode for the comparison; every submodule gets its own mode back afterwards."""
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    modes = [module.training for module in modules]
+    with contextlib.suppress(NotImplementedError):  # exported-program modules refuse .eval()
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, modes, strict=True):
+            module.training = mode
+
+
+@contextlib.contextmanager
+def _exact_float32() -> Iterator[None]:
+    """TF32 off: it would make torch, not the ONNX file, the inexact side on Ampere GPUs."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _run_context() -> dict[str, Any]:
+    try:
+        from onnxport.provenance import run_context
+    except ImportError:
+        return _local_run_context()
+    return run_context()
+
+
+def _local_run_context() -> dict[str, Any]:
+    """git commit/dirty, host and UTC time, until ``onnxport.provenance`` provides them."""
+    import datetime
+    import socket
+    import subprocess
+
+    def git(*args: str) -> Optional[str]:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if commit else None
+    return {
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+        "host": socket.gethostname(),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _first_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 300 else text[:297] + "..."
