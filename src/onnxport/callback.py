@@ -1,0 +1,348 @@
+"""Lightning callback: every training run ends with a validated ONNX file, also under DDP.
+
+The callback is a thin door into :func:`onnxport.export`: it turns the Trainer's
+world (log directory, checkpoints, first batch, ranks, loggers) into arguments
+and calls the same pipeline the API and the CLI call.
+
+Two Lightning packages ship the same Trainer under different class hierarchies:
+``pytorch_lightning`` and the unified ``lightning.pytorch``. The callback
+subclasses the ``Callback`` of the package the program has already imported
+(``pytorch_lightning`` when both or neither are), so ``isinstance`` checks hold
+for the user's Trainer and importing this module never imports a second
+Lightning. The Trainer itself only calls the hooks, so a callback built on one
+package also runs in the other's Trainer when passed in the ``callbacks`` list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from onnxport.config import ExportConfig
+from onnxport.errors import CheckpointError, ConfigError, ExportError, InputError
+
+if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
+    from lightning.pytorch import Callback
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+else:
+    try:
+        from pytorch_lightning import Callback
+        from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
+    except ImportError:  # only the unified `lightning` package is installed
+        from lightning.pytorch import Callback
+        from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    from torch import nn
+
+    from onnxport.pipeline import ExportResult
+
+ON_ERROR_POLICIES = ("raise", "warn")
+CHECKPOINT_ALIASES = ("best", "last")
+DEFAULT_FILENAME = "model.onnx"
+
+
+class OnnxExportCallback(Callback):
+    r"""Export the trained model to a validated ONNX file when ``fit`` ends.
+
+    Args:
+        output: The file to write. ``None``: ``model.onnx`` in the Trainer's ``log_dir``
+            (``default_root_dir`` without a logger), resolved in ``setup()`` and agreed across ranks.
+        ckpt_path: Which weights to export, with the meaning ``trainer.test(ckpt_path=...)`` gives it:
+            ``None`` the module's current weights, ``"best"`` / ``"last"`` from the Trainer's
+            ``ModelCheckpoint``, or a checkpoint file. Checkpoint weights are loaded into a copy of
+            the module, so the module the Trainer holds is never changed.
+        on_error: ``"raise"`` ends the run when the export or its validation fails; ``"warn"`` warns
+            and lets the run finish. Either way nothing is written to ``output`` on failure.
+        every_n_epochs: Also export at the end of every n-th training epoch (``None``: only at the
+            end of ``fit``). The checkpoint saved after that epoch then records the export.
+        config: An :class:`~onnxport.config.ExportConfig` or a mapping of its fields.
+        \**export_options: ``ExportConfig`` fields (``opset``, ``exporter``, ``dynamic_axes``,
+            ``inputs``, ``validation={"atol": ...}``, ...); they override ``config``.
+
+    Example inputs come from ``inputs`` in the config, else the module's
+    ``example_input_array``, else the first batch of the train dataloader after the
+    module's batch-transfer hooks: a tuple or list batch gives its first element; a dict
+    batch gives the entries whose keys name ``forward`` parameters, or the whole dict
+    when none do (``forward`` takes one dict).
+
+    Under DDP the export and its validation run once, on global rank 0, while the other
+    ranks wait; if rank 0 fails, every rank raises.
+
+    Attributes:
+        last_result: The :class:`~onnxport.pipeline.ExportResult` of the last export (global rank 0).
+        last_path: Path of the last exported file (every rank; kept in checkpoints).
+        last_sha256: Its sha256 (every rank; kept in checkpoints).
+
+    Raises:
+        ConfigError: an option is unknown or outside its allowed values.
+
+    Example::
+
+        >>> from pytorch_lightning import Trainer
+        >>> from onnxport import OnnxExportCallback
+        >>> export = OnnxExportCallback("model.onnx", ckpt_path="best", opset=18, validation={"atol": 1e-4})
+        >>> trainer = Trainer(callbacks=[export])
+        >>> # after trainer.fit(...): export.last_result.path, export.last_result.validation.passed
+
+    Two instances sit in one Trainer when their ``output`` differs (their checkpoint state is
+    keyed by it).
+    """
+
+    def __init__(
+        self,
+        output: Optional[Union[str, os.PathLike]] = None,
+        *,
+        ckpt_path: Optional[Union[str, os.PathLike]] = None,
+        on_error: str = "raise",
+        every_n_epochs: Optional[int] = None,
+        config: Optional[Union[ExportConfig, Mapping[str, Any]]] = None,
+        **export_options: Any,
+    ) -> None:
+        super().__init__()
+        if output is not None and not isinstance(output, (str, os.PathLike)):
+            raise ConfigError(
+                f"output={output!r} is not a path", fix="pass a file path such as 'model.onnx', or None"
+            )
+        if ckpt_path is not None and not isinstance(ckpt_path, (str, os.PathLike)):
+            raise ConfigError(
+                f"ckpt_path={ckpt_path!r} is not a checkpoint",
+                fix="use None (current weights), 'best', 'last' or a checkpoint file path",
+            )
+        if on_error not in ON_ERROR_POLICIES:
+            raise ConfigError(
+                f"on_error={on_error!r} is not allowed; choose one of {', '.join(ON_ERROR_POLICIES)}",
+                fix="set on_error to 'raise' or 'warn'",
+            )
+        if every_n_epochs is not None and (
+            isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1
+        ):
+            raise ConfigError(
+                f"every_n_epochs={every_n_epochs!r} is not a positive integer",
+                fix="use an integer >= 1, or None to export only when fit ends",
+            )
+        self.output = os.fspath(output) if output is not None else None
+        self.ckpt_path = os.fspath(ckpt_path) if ckpt_path is not None else None
+        self.on_error = on_error
+        self.every_n_epochs = every_n_epochs
+        self.config = ExportConfig.coerce(config, **export_options)
+        self.last_result: Optional[ExportResult] = None
+        self.last_path: Optional[str] = None
+        self.last_sha256: Optional[str] = None
+        self._output_path: Optional[Path] = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(output=self.output)
+
+    @property
+    def output_path(self) -> Optional[Path]:
+        """The file this callback writes, once ``setup()`` has resolved it."""
+        return self._output_path
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        # Every rank must call this: trainer.log_dir and broadcast are collectives.
+        if self.output is not None:
+            path = Path(self.output).expanduser().resolve()
+        else:
+            path = Path(trainer.log_dir or trainer.default_root_dir).resolve() / DEFAULT_FILENAME
+        self._output_path = Path(trainer.strategy.broadcast(str(path)))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._export_on_rank_zero(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._export_on_rank_zero(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_path": self.last_path, "last_sha256": self.last_sha256}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_path = state_dict.get("last_path", self.last_path)
+        self.last_sha256 = state_dict.get("last_sha256", self.last_sha256)
+
+    # -- export ---------------------------------------------------------------------------------
+
+    def _export_on_rank_zero(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Export on global rank 0; every rank learns the outcome, so no rank is left hanging."""
+        outcome: dict[str, Any] = {"error": None, "path": None, "sha256": None}
+        error: Optional[BaseException] = None
+        if trainer.is_global_zero:
+            try:
+                result = self._export(trainer, pl_module)
+            except Exception as exc:
+                error = exc
+                outcome["error"] = f"{type(exc).__name__}: {exc}"
+            else:
+                outcome.update(path=str(result.path), sha256=result.sha256)
+        # The broadcast is also the barrier: other ranks wait here until rank 0 is done.
+        outcome = trainer.strategy.broadcast(outcome, src=0)
+
+        if outcome["error"] is not None:
+            if self.on_error == "warn":
+                rank_zero_warn(f"OnnxExportCallback: export failed, nothing written: {outcome['error']}")
+                return
+            if error is not None:
+                raise error
+            raise ExportError(
+                f"the ONNX export on global rank 0 failed: {outcome['error']}",
+                fix="see the error raised on rank 0",
+            )
+        self.last_path, self.last_sha256 = outcome["path"], outcome["sha256"]
+
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ExportResult:
+        from onnxport.pipeline import export
+
+        if self._output_path is None:  # hooks called without setup(), e.g. by hand
+            self.setup(trainer, pl_module, "fit")
+        model = pl_module if self.ckpt_path is None else self._checkpoint_copy(trainer, pl_module)
+        example_inputs = self._example_inputs(trainer, pl_module)
+        with _modes_restored(model):
+            result = export(model, example_inputs, self._output_path, config=self.config)
+        self.last_result = result
+        self._log_result(trainer, result)
+        return result
+
+    def _checkpoint_copy(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module:
+        """A copy of the module holding the checkpoint's weights; the Trainer's module stays as it is."""
+        path = _resolve_ckpt_path(trainer, self.ckpt_path)
+        try:
+            checkpoint = trainer.strategy.load_checkpoint(path)
+        except Exception as exc:
+            raise CheckpointError(
+                f"ckpt_path={path!r} could not be loaded: {exc}", fix="pass a checkpoint written by Lightning"
+            ) from exc
+        if "state_dict" not in checkpoint:
+            raise CheckpointError(
+                f"ckpt_path={path!r} has no 'state_dict'", fix="pass a checkpoint written by Lightning"
+            )
+        # The memo keeps the copy from dragging the Trainer (loaders, process groups) along.
+        memo = {id(pl_module._trainer): None} if pl_module._trainer is not None else {}
+        module = copy.deepcopy(pl_module, memo)
+        try:
+            module.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"ckpt_path={path!r} does not fit {type(pl_module).__name__}: {exc}",
+                fix="pass a checkpoint of this LightningModule",
+            ) from exc
+        return module
+
+    def _example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        """Inputs in the documented order: config spec, ``example_input_array``, first train batch."""
+        if self.config.inputs:
+            from onnxport.inputs import generate_inputs
+
+            return generate_inputs(self.config.inputs, seed=self.config.validation.seed)
+        if pl_module.example_input_array is not None:
+            return pl_module.example_input_array
+        return _first_batch_inputs(trainer, pl_module)
+
+    def _log_result(self, trainer: pl.Trainer, result: ExportResult) -> None:
+        metrics = {"export/seconds": float(result.seconds), "export/size_mb": result.size_bytes / 1e6}
+        report = result.validation
+        if report is not None:
+            metrics["export/passed"] = float(report.passed)
+            max_abs_diff = report.to_dict().get("max_abs_diff")
+            if max_abs_diff is not None:
+                metrics["export/max_abs_diff"] = float(max_abs_diff)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+        exporter = result.exporter + (
+            f" (fallback: {result.fallback_reason})" if result.fallback_reason else ""
+        )
+        if report is None:
+            checked = "not validated"
+        else:
+            checked = "validation passed" if report.passed else "validation FAILED (on_mismatch=warn)"
+            if "export/max_abs_diff" in metrics:
+                checked += f", max_abs_diff={metrics['export/max_abs_diff']:.3g}"
+        rank_zero_info(
+            f"OnnxExportCallback: wrote {result.path} with {exporter}, "
+            f"{metrics['export/size_mb']:.2f} MB in {result.seconds:.1f} s; {checked}"
+        )
+
+
+def _resolve_ckpt_path(trainer: pl.Trainer, ckpt_path: str) -> str:
+    """``best`` / ``last`` / a file, resolved as ``trainer.test(ckpt_path=...)`` resolves them."""
+    if ckpt_path == "best":
+        callback = trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if not best:
+            raise CheckpointError(
+                "ckpt_path='best' but the Trainer's ModelCheckpoint saved no best checkpoint",
+                fix="add ModelCheckpoint(monitor=...) to the Trainer's callbacks, or use ckpt_path=None",
+            )
+        return best
+    if ckpt_path == "last":
+        candidates = [
+            cb.last_model_path
+            for cb in trainer.checkpoint_callbacks
+            if getattr(cb, "last_model_path", "") and os.path.exists(cb.last_model_path)
+        ]
+        if not candidates:
+            raise CheckpointError(
+                "ckpt_path='last' but the Trainer's ModelCheckpoint saved no last checkpoint",
+                fix="use ModelCheckpoint(save_last=True), or ckpt_path=None for the current weights",
+            )
+        return max(candidates, key=os.path.getmtime)
+    if not os.path.isfile(ckpt_path):
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path!r} is not a file",
+            fix=f"use None, {', '.join(repr(a) for a in CHECKPOINT_ALIASES)} or an existing checkpoint path",
+        )
+    return ckpt_path
+
+
+def _first_batch_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+    """The input part of the first train batch, as ``training_step`` sees it, on the module's device."""
+    loader = trainer.train_dataloader
+    # Several train loaders come back as the collection the user returned: take the first.
+    while isinstance(loader, (Mapping, list, tuple)) and loader:
+        loader = next(iter(loader.values())) if isinstance(loader, Mapping) else loader[0]
+    if loader is None or isinstance(loader, (Mapping, list, tuple)):
+        raise InputError(
+            f"no example inputs for {type(pl_module).__name__}: the config has no inputs, "
+            "example_input_array is None and the Trainer has no train dataloader",
+            fix="set self.example_input_array in the LightningModule, or pass inputs=[{name, shape}]",
+        )
+    batch = next(iter(loader))
+    batch = pl_module.on_before_batch_transfer(batch, 0)
+    batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+    batch = pl_module.on_after_batch_transfer(batch, 0)
+    return _input_part(batch, pl_module)
+
+
+def _input_part(batch: Any, pl_module: pl.LightningModule) -> Any:
+    if isinstance(batch, (list, tuple)) and batch:
+        return batch[0]
+    if isinstance(batch, Mapping):
+        import inspect
+
+        parameters = inspect.signature(pl_module.forward).parameters
+        named = {key: value for key, value in batch.items() if key in parameters}
+        return named or dict(batch)
+    return batch
+
+
+@contextlib.contextmanager
+def _modes_restored(module: nn.Module) -> Iterator[None]:
+    """Put every submodule back in the train/eval mode it had (the export switches to eval)."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for submodule, training in modes:
+            submodule.training = training
