@@ -1,0 +1,389 @@
+"""Run torch.onnx: the dynamo exporter, the TorchScript exporter, or dynamo with a fallback.
+
+``run_exporter`` writes the raw exported file; publishing (metadata, scrubbing,
+external data, the atomic move) is :mod:`onnxport.publish`'s job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onnxport.config import ExportConfig
+from onnxport.errors import ConfigError, ExportError, UnsupportedOperatorError
+from onnxport.inputs import ModelInputs, flatten_outputs, resolve_dynamic_axes
+
+TWO_GB = 2**31
+# The dynamo exporter builds opset 18 graphs and converts them with onnxscript's
+# version converter; torch declares the newest opset it targets in ONNX_MAX_OPSET.
+DYNAMO_MIN_OPSET = 7
+
+
+@dataclass
+class ExporterRun:
+    """What :func:`run_exporter` did."""
+
+    exporter: str
+    """``dynamo`` or ``torchscript``: the exporter that wrote the file."""
+    fallback_reason: str | None
+    """Why ``auto`` did not use dynamo (or why a model type forced an exporter)."""
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    """Requested dynamic axes, torch.onnx form, inputs and outputs."""
+    external_data: bool
+    """The weights must be stored as external data (over 2 GB, or ``external_data: always``)."""
+
+
+def supported_opsets(exporter: str) -> tuple[int, int]:
+    """The inclusive opset range ``exporter`` can produce with the installed torch."""
+    from torch.onnx import _constants
+
+    if exporter == "torchscript":
+        return _constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    return DYNAMO_MIN_OPSET, _constants.ONNX_MAX_OPSET
+
+
+def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: ExportConfig) -> ExporterRun:
+    """Export ``model`` at ``inputs`` to ``path`` with the exporter(s) ``config`` asks for.
+
+    ``auto`` tries dynamo and falls back to TorchScript when dynamo cannot capture
+    the model, recording why. A dynamic axis the model specialises is an error in
+    every mode: the fallback would only hide it.
+    """
+    import torch
+
+    path = Path(path)
+    candidates, forced_reason = _candidates(model, config)
+
+    outputs = flatten_outputs(inputs.call(model))
+    if not outputs:
+        raise ExportError(
+            f"{type(model).__name__} returned no tensors for the example inputs",
+            fix="return a tensor (or a tuple/dict of tensors) from forward",
+        )
+    output_names = [name for name, _ in outputs]
+    if config.output_names is not None:
+        if len(config.output_names) != len(output_names):
+            raise ConfigError(
+                f"export.output_names={config.output_names} has {len(config.output_names)} names but "
+                f"the model returns {len(output_names)} tensors ({', '.join(output_names)})",
+                fix="give exactly one name per output tensor, or leave output_names unset",
+            )
+        output_names = list(config.output_names)
+    dynamic_axes = resolve_dynamic_axes(inputs, output_names, config, [t for _, t in outputs])
+    if isinstance(model, torch.export.ExportedProgram):
+        # The program's shapes are fixed already; only axes the user named are checked.
+        dynamic_axes = {name: axes for name, axes in dynamic_axes.items() if name in config.dynamic_axes}
+    external = config.external_data == "always" or (
+        config.external_data == "auto" and _state_bytes(model) >= TWO_GB
+    )
+    traced = _grow_unit_axes(inputs, dynamic_axes)
+
+    failures: list[tuple[str, BaseException]] = []
+    for exporter in candidates:
+        try:
+            with preserved_state(model):
+                if exporter == "dynamo":
+                    _export_dynamo(model, traced, path, config, output_names, dynamic_axes, external)
+                else:
+                    _export_torchscript(model, traced, path, config, output_names, dynamic_axes)
+        except ConfigError:
+            raise
+        except Exception as error:
+            _remove(path)
+            specialised = _specialised_axis(error, inputs.names)
+            if specialised is not None:
+                raise _specialised_error(specialised, dynamic_axes) from error
+            failures.append((exporter, error))
+            continue
+        _check_file(path, inputs.names, dynamic_axes, config.opset, exporter)
+        reasons = [f"{name} failed: {_summary(error)}" for name, error in failures]
+        reason = "; ".join(([forced_reason] if forced_reason else []) + reasons) or None
+        return ExporterRun(exporter, reason, list(inputs.names), output_names, dynamic_axes, external)
+    raise _export_failure(failures, config.opset)
+
+
+def _candidates(model: Any, config: ExportConfig) -> tuple[list[str], str | None]:
+    import torch
+
+    requested = config.exporter
+    if isinstance(model, torch.jit.ScriptModule):
+        if requested == "dynamo":
+            raise ConfigError(
+                "export.exporter='dynamo' cannot export a torch.jit.ScriptModule",
+                fix="use exporter: torchscript or auto, or export the original nn.Module",
+            )
+        candidates = ["torchscript"]
+        reason = (
+            "a ScriptModule can only go through the TorchScript exporter" if requested == "auto" else None
+        )
+    elif isinstance(model, torch.export.ExportedProgram):
+        if requested == "torchscript":
+            raise ConfigError(
+                "export.exporter='torchscript' cannot export a torch.export.ExportedProgram",
+                fix="use exporter: dynamo or auto",
+            )
+        candidates, reason = ["dynamo"], None
+    else:
+        candidates = ["dynamo", "torchscript"] if requested == "auto" else [requested]
+        reason = None
+
+    able = [name for name in candidates if _opset_ok(name, config.opset)]
+    if not able:
+        ranges = ", ".join(
+            f"{name} {low}-{high}" for name in candidates for low, high in [supported_opsets(name)]
+        )
+        raise ConfigError(
+            f"export.opset={config.opset} cannot be produced by the {' or '.join(candidates)} exporter "
+            f"of torch (supported: {ranges})",
+            fix="choose an opset in the supported range",
+        )
+    if able != candidates:
+        reason = f"opset {config.opset} is outside the dynamo exporter's range"
+    return able, reason
+
+
+def _opset_ok(exporter: str, opset: int) -> bool:
+    low, high = supported_opsets(exporter)
+    return low <= opset <= high
+
+
+def _export_dynamo(
+    model: Any,
+    inputs: ModelInputs,
+    path: Path,
+    config: ExportConfig,
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    external: bool,
+) -> None:
+    import torch
+
+    is_program = isinstance(model, torch.export.ExportedProgram)
+    with _quiet():
+        program = torch.onnx.export(
+            model,
+            inputs.args,
+            kwargs=inputs.kwargs,
+            dynamo=True,
+            opset_version=config.opset,
+            input_names=inputs.names,
+            output_names=output_names,
+            dynamic_shapes=None if is_program else _dynamic_shapes(inputs, dynamic_axes),
+            external_data=external,
+            optimize=True,
+            verbose=False,
+        )
+        program.save(str(path), external_data=external)
+
+
+def _export_torchscript(
+    model: Any,
+    inputs: ModelInputs,
+    path: Path,
+    config: ExportConfig,
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> None:
+    import torch
+
+    # TorchScript reads a trailing dict argument as keyword arguments; binding
+    # everything positionally, plus an empty trailing dict, keeps dicts as values.
+    args = (*inputs.args, *inputs.kwargs.values())
+    if args and isinstance(args[-1], dict):
+        args = (*args, {})
+    with _quiet():
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=config.opset,
+            input_names=inputs.names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+
+
+def _dynamic_shapes(inputs: ModelInputs, dynamic_axes: dict[str, dict[int, str]]) -> dict[str, Any]:
+    """torch.onnx's ``{name: {axis: name}}`` as torch.export ``dynamic_shapes`` keyed like the kwargs.
+
+    Axis names are given as strings: torch.onnx turns them into ``Dim.DYNAMIC``
+    (which errors when the model specialises the axis) and names the ONNX dims after them.
+    """
+    import torch
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    specs = iter(dynamic_axes.get(name) or None for name in inputs.names)
+    leaves, tree = tree_flatten((inputs.args, inputs.kwargs))
+    leaves = [next(specs) if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
+    args, kwargs = tree_unflatten(leaves, tree)
+    if args:  # positional-only parameters: torch.export takes a tuple for those
+        return (*args, *kwargs.values())  # type: ignore[return-value]
+    return kwargs
+
+
+def _grow_unit_axes(inputs: ModelInputs, dynamic_axes: dict[str, dict[int, str]]) -> ModelInputs:
+    """Repeat inputs along dynamic axes of size 1 to size 2: traced at 1, an axis is specialised to 1."""
+    tensors = []
+    for name, tensor in zip(inputs.names, inputs.tensors(), strict=True):
+        for axis in dynamic_axes.get(name, {}):
+            if tensor.shape[axis] == 1:
+                tensor = tensor.repeat_interleave(2, dim=axis)
+        tensors.append(tensor)
+    return inputs.with_tensors(tensors)
+
+
+def _state_bytes(model: Any) -> int:
+    from onnxport.inputs import _state_tensors
+
+    return sum(t.numel() * t.element_size() for t in _state_tensors(model))
+
+
+@contextlib.contextmanager
+def preserved_state(model: Any) -> Iterator[None]:
+    """Export in eval mode and give the caller back every submodule's training flag and grad flags."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    modes = [(module, module.training) for module in model.modules()]
+    grads = [(param, param.requires_grad) for param in model.parameters()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        for param, requires_grad in grads:
+            param.requires_grad_(requires_grad)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence torch.onnx's deprecation and tracer chatter; errors still propagate."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+# -- checking the written file ---------------------------------------------------------------
+
+
+def _check_file(
+    path: Path, input_names: list[str], dynamic_axes: dict[str, dict[int, str]], opset: int, exporter: str
+) -> None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    produced = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if produced != opset:
+        _remove(path)
+        raise ConfigError(
+            f"export.opset={opset} could not be produced by the {exporter} exporter for this model "
+            f"(it wrote opset {produced})",
+            fix=f"use opset {produced} or an opset the model's operators can be converted to",
+        )
+    graph_inputs = {value.name: value for value in model.graph.input}
+    for name in input_names:
+        value = graph_inputs.get(name)
+        if value is None:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        for axis in dynamic_axes.get(name, {}):
+            if axis < len(dims) and dims[axis].HasField("dim_value"):
+                _remove(path)
+                raise _specialised_error((name, axis, dims[axis].dim_value), dynamic_axes)
+
+
+_SPECIALISED = re.compile(
+    r"static shape of (\d+) for dimension "
+    r"inputs\[['\"]?([^\]'\"]+)['\"]?\]((?:\[[^\]]+\])*)\.shape\[(\d+)\]"
+)
+
+
+def _specialised_axis(error: BaseException, names: list[str]) -> tuple[str, int, int] | None:
+    match = _SPECIALISED.search(str(error))
+    if match is None:
+        return None
+    size, argument, nested, axis = match.groups()
+    keys = re.findall(r"\[['\"]?([^\]'\"]+)['\"]?\]", nested)
+    candidates = [".".join([argument, *keys]), *keys[-1:], argument]
+    name = next((c for c in candidates if c in names), candidates[0])
+    return name, int(axis), int(size)
+
+
+def _specialised_error(where: tuple[str, int, int], dynamic_axes: dict[str, dict[int, str]]) -> ExportError:
+    name, axis, size = where
+    axis_name = dynamic_axes.get(name, {}).get(axis, "?")
+    return ExportError(
+        f"input {name!r} axis {axis} ({axis_name!r}) was asked to be dynamic but the model fixes it "
+        f"to {size}",
+        fix=f"remove the size-{size} assumption from the model, or make the axis static with "
+        f'dynamic_axes={{"{name}": {{}}}} (or dynamic_batch=false)',
+    )
+
+
+def _export_failure(failures: list[tuple[str, BaseException]], opset: int) -> ExportError:
+    tried = " or ".join(name for name, _ in failures)
+    for _, error in failures:
+        operator = _unsupported_operator(error)
+        if operator is not None:
+            return UnsupportedOperatorError(
+                operator,
+                f"operator {operator} cannot be exported to ONNX opset {opset} by the {tried} exporter",
+                fix=f"replace {operator} in the model, or register an ONNX translation for it "
+                "(torch.onnx.export's custom_translation_table)",
+            )
+    details = "; ".join(f"{name}: {_summary(error)}" for name, error in failures)
+    return ExportError(
+        f"torch.onnx could not export the model ({details})",
+        fix="run torch.onnx.export(..., report=True) on the model to see the full trace",
+    )
+
+
+def _unsupported_operator(error: BaseException) -> str | None:
+    """The ``namespace::name`` of an operator the exporter has no translation for, if that is the error."""
+    text = str(error)
+    match = re.search(r"No ONNX function found for <OpOverload\(op='([\w.]+)'", text)
+    if match:  # dynamo names the overload packet as namespace.name
+        namespace, _, name = match.group(1).partition(".")
+        return f"{namespace}::{name}"
+    if type(error).__name__ == "UnsupportedOperatorError":  # TorchScript: 'aten::foo' or namespace ns::op
+        match = re.search(r"(\w+::[\w.]+)", text)
+        return match.group(1) if match else None
+    return None
+
+
+def _summary(error: BaseException) -> str:
+    """One line from a torch.onnx error: the root exception's summary, not the advice around it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    root = [line for line in lines if line.startswith("<class '")]
+    line = root[0] if root else (lines[0] if lines else type(error).__name__)
+    line = re.sub(r"^<class '(?:[\w]+\.)*(\w+)'>", r"\1", line)
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _remove(path: Path) -> None:
+    for leftover in (path, Path(f"{path}.data")):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()

@@ -1,0 +1,469 @@
+"""Example inputs: from whatever the caller gave to one normalised, named structure.
+
+``prepare_inputs`` turns a tensor, a tuple/list, a dict or nothing at all into
+:class:`ModelInputs`, bound to ``forward``'s signature so both exporters see the
+same arguments in the same order. ``flatten_outputs`` names the outputs and
+``resolve_dynamic_axes`` decides which axes stay symbolic.
+
+Naming rule, for inputs and outputs alike: one name per tensor leaf, the path of
+keys and indices to it joined with ``.`` (``extra.probs``, ``pair.0``). A bare
+tensor output is ``output``; the items of a top-level tuple are ``output_0``,
+``output_1``, ...; a tensor argument is named after its ``forward`` parameter;
+a dict given for a ``forward`` that takes one dict is named by its keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from onnxport.config import ExportConfig, InputSpec
+from onnxport.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+BATCH_AXIS_NAME = "batch"
+_INTEGER_DEFAULT_RANGE = (0, 10)
+
+
+@dataclass
+class ModelInputs:
+    """Example inputs bound to ``forward``: call them, feed them to ONNX Runtime, resize them."""
+
+    args: tuple
+    kwargs: dict
+    names: list[str]
+    """ONNX graph input names, one per tensor leaf of ``(args, kwargs)`` in pytree order."""
+    specs: dict[str, InputSpec] = field(default_factory=dict)
+    """Value ranges per input name (from the config), used to generate more inputs."""
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensor leaves, in the order of :attr:`names`."""
+        import torch
+        from torch.utils._pytree import tree_flatten
+
+        return [leaf for leaf in tree_flatten((self.args, self.kwargs))[0] if isinstance(leaf, torch.Tensor)]
+
+    def feed(self) -> dict[str, np.ndarray]:
+        """An ONNX Runtime feed: graph input name to numpy array."""
+        tensors = self.tensors()
+        return {name: t.detach().cpu().numpy() for name, t in zip(self.names, tensors, strict=True)}
+
+    def call(self, model: Any) -> Any:
+        """Run ``model(*args, **kwargs)`` without autograd."""
+        import torch
+
+        with torch.no_grad():
+            return _callable(model)(*self.args, **self.kwargs)
+
+    def with_tensors(self, new_leaves: Sequence[torch.Tensor]) -> ModelInputs:
+        """The same structure and names with the tensor leaves replaced, in order."""
+        import torch
+        from torch.utils._pytree import tree_flatten, tree_unflatten
+
+        leaves, spec = tree_flatten((self.args, self.kwargs))
+        replacements = iter(new_leaves)
+        leaves = [next(replacements) if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        args, kwargs = tree_unflatten(leaves, spec)
+        return dataclasses.replace(self, args=tuple(args), kwargs=dict(kwargs))
+
+    def shapes(self) -> dict[str, list[int]]:
+        """Input name to shape, for reports and error messages."""
+        return {name: list(t.shape) for name, t in zip(self.names, self.tensors(), strict=True)}
+
+
+# -- preparing ----------------------------------------------------------------------------
+
+
+def prepare_inputs(model: Any, example_inputs: Any, config: ExportConfig) -> ModelInputs:
+    """Normalise ``example_inputs`` for ``model`` (see the module docstring for the naming rule).
+
+    ``None`` falls back to ``model.example_input_array`` (Lightning), then to the
+    config's ``inputs`` spec. Floating inputs move to the model's device and float
+    dtype; integer and bool inputs keep their dtype.
+    """
+    specs = {spec.name: spec for spec in config.inputs}
+    if isinstance(example_inputs, ModelInputs):
+        return example_inputs
+    if example_inputs is None:
+        example_inputs = getattr(model, "example_input_array", None)
+    if example_inputs is None and config.inputs:
+        example_inputs = generate_inputs(config.inputs, seed=config.validation.seed)
+    if example_inputs is None:
+        raise InputError(
+            f"no example inputs for {type(model).__name__}: none were given, the model has no "
+            "example_input_array and the config has no inputs spec",
+            fix="pass example_inputs, set model.example_input_array, or add export.inputs "
+            "(e.g. [{name: x, shape: [2, 4], dtype: float32}])",
+        )
+
+    signature = forward_signature(model)
+    args, kwargs = _split(example_inputs, signature)
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as error:
+        raise InputError(
+            f"example inputs {_describe(example_inputs)} do not fit forward{signature}: {error}",
+            fix="pass one value per forward parameter (a tuple for several, a dict keyed by name)",
+        ) from None
+    args, kwargs = _normalise(bound)
+
+    device, dtype = model_device_and_dtype(model)
+    args, kwargs = _move((args, kwargs), device, dtype)
+
+    leaves, names = _named_leaves(bound.signature, args, kwargs)
+    if not leaves:
+        raise InputError(
+            f"example inputs {_describe(example_inputs)} contain no tensor",
+            fix="pass at least one torch.Tensor as an example input",
+        )
+    if config.input_names is not None:
+        if len(config.input_names) != len(names):
+            raise ConfigError(
+                f"export.input_names={config.input_names} has {len(config.input_names)} names but the "
+                f"example inputs have {len(names)} tensors ({', '.join(names)})",
+                fix="give exactly one name per input tensor, or leave input_names unset",
+            )
+        names = list(config.input_names)
+    return ModelInputs(args=args, kwargs=kwargs, names=names, specs=specs)
+
+
+def forward_signature(model: Any) -> inspect.Signature:
+    """The signature of what ``model(...)`` calls (``forward`` for modules)."""
+    target = _callable(model)
+    forward = getattr(target, "forward", target)
+    try:
+        return inspect.signature(forward)
+    except (TypeError, ValueError):
+        pass
+    schema = getattr(forward, "schema", None)
+    if schema is not None:  # traced ScriptModules have a schema but no Python signature
+        return inspect.Signature(
+            [
+                inspect.Parameter(argument.name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                for argument in schema.arguments[1:]  # skip self
+            ]
+        )
+    return inspect.Signature(
+        [
+            inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+        ]
+    )
+
+
+def model_device_and_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
+    """Device of the first parameter or buffer and the first floating dtype (CPU/float32 if none)."""
+    import torch
+
+    tensors = _state_tensors(model)
+    device = tensors[0].device if tensors else torch.device("cpu")
+    floating = [t.dtype for t in tensors if t.is_floating_point()]
+    return device, floating[0] if floating else torch.float32
+
+
+def _state_tensors(model: Any) -> list[torch.Tensor]:
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        return list(model.state_dict.values()) + list(model.constants.values())
+    if isinstance(model, torch.nn.Module):
+        return [*model.parameters(), *model.buffers()]
+    return []
+
+
+def _callable(model: Any) -> Any:
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        return model.module()
+    return model
+
+
+def _split(example: Any, signature: inspect.Signature) -> tuple[tuple, dict]:
+    """Decide what the caller's example value means as ``(args, kwargs)``.
+
+    A dict is keyword arguments when every key names a parameter (or ``forward``
+    takes ``**kwargs``), else the single argument of a ``forward`` that takes one
+    dict; torch.onnx's ``_decide_input_format`` draws the same line.
+    """
+    import torch
+
+    params = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    takes_var_keyword = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    if isinstance(example, torch.Tensor):
+        return (example,), {}
+    if isinstance(example, Mapping):
+        names = {p.name for p in params}
+        if takes_var_keyword or (example and all(key in names for key in example)):
+            return (), dict(example)
+        return (dict(example),), {}
+    if isinstance(example, (tuple, list)):
+        return tuple(example), {}
+    return (example,), {}
+
+
+def _normalise(bound: inspect.BoundArguments) -> tuple[tuple, dict]:
+    """Positional-only and ``*args`` stay positional; the rest become keywords in signature order.
+
+    Keywords avoid torch.onnx reading a trailing dict argument as keyword
+    arguments, and signature order keeps the graph inputs in ``forward``'s order.
+    """
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = bound.signature.parameters[name].kind
+        if kind == inspect.Parameter.POSITIONAL_ONLY:
+            args.append(value)
+        elif kind == inspect.Parameter.VAR_POSITIONAL:
+            args.extend(value)
+        elif kind == inspect.Parameter.VAR_KEYWORD:
+            kwargs.update(value)
+        else:
+            kwargs[name] = value
+    return tuple(args), kwargs
+
+
+def _move(tree: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    import torch
+    from torch.utils._pytree import tree_map
+
+    def move(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
+        target_dtype = dtype if leaf.is_floating_point() else leaf.dtype
+        # .to is a no-op (same tensor, no copy) when nothing changes
+        return leaf.detach().to(device=device, dtype=target_dtype)
+
+    return tree_map(move, tree)
+
+
+def _named_leaves(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[list, list[str]]:
+    positional_names = [
+        p.name for p in signature.parameters.values() if p.kind == inspect.Parameter.POSITIONAL_ONLY
+    ]
+    pairs: list[tuple[str, Any]] = []
+    for index, value in enumerate(args):
+        name = positional_names[index] if index < len(positional_names) else f"input_{index}"
+        pairs += _leaves_with_paths(value, name)
+    for key, value in kwargs.items():
+        pairs += _leaves_with_paths(value, key)
+    return [leaf for _, leaf in pairs], _unique([name for name, _ in pairs])
+
+
+def _leaves_with_paths(value: Any, prefix: str, *, unwrap_single_dict: bool = True) -> list[tuple[str, Any]]:
+    """Tensor leaves of ``value`` with their dotted paths; a dict argument is named by its keys."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [(prefix, value)]
+    if isinstance(value, Mapping):
+        out = []
+        for key, item in value.items():
+            path = str(key) if unwrap_single_dict else f"{prefix}.{key}"
+            out += _leaves_with_paths(item, path, unwrap_single_dict=False)
+        return out
+    if isinstance(value, (tuple, list)):
+        out = []
+        for index, item in enumerate(value):
+            out += _leaves_with_paths(item, f"{prefix}.{index}", unwrap_single_dict=False)
+        return out
+    return []
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        out.append(name if count == 0 else f"{name}_{count}")
+    return out
+
+
+def _describe(value: Any) -> str:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return f"Tensor{tuple(value.shape)}"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(_describe(v) for v in value)
+        return f"({inner},)" if isinstance(value, tuple) and len(value) == 1 else f"({inner})"
+    return type(value).__name__
+
+
+# -- outputs ------------------------------------------------------------------------------
+
+
+def flatten_outputs(outputs: Any) -> list[tuple[str, torch.Tensor]]:
+    """Name every tensor in ``outputs`` (tensor, tuple, dict, dataclass, nesting of them).
+
+    The order is the order the exporters flatten outputs in; ``None`` entries are
+    skipped, as the exporters drop them.
+    """
+    import torch
+
+    if isinstance(outputs, torch.Tensor):
+        return [("output", outputs)]
+    if isinstance(outputs, (tuple, list)) and not _fields(outputs):
+        pairs: list[tuple[str, torch.Tensor]] = []
+        for index, item in enumerate(outputs):
+            pairs += _output_leaves(item, f"output_{index}")
+        return _dedupe(pairs)
+    return _dedupe(_output_leaves(outputs, ""))
+
+
+def _output_leaves(value: Any, prefix: str) -> list[tuple[str, Any]]:
+    import torch
+
+    def join(key: Any) -> str:
+        return f"{prefix}.{key}" if prefix else str(key)
+
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        return [(prefix or "output", value)]
+    fields = _fields(value)
+    if fields is not None:
+        items = fields.items()
+    elif isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, (tuple, list)):
+        items = enumerate(value)
+    else:
+        return []  # python scalars and other constants are not graph outputs
+    out = []
+    for key, item in items:
+        out += _output_leaves(item, join(key))
+    return out
+
+
+def _fields(value: Any) -> dict[str, Any] | None:
+    """Named fields of a dataclass or namedtuple output (Hugging Face ``ModelOutput`` is a dict)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and not isinstance(value, Mapping):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return dict(zip(value._fields, value, strict=True))
+    return None
+
+
+def _dedupe(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    return list(zip(_unique([name for name, _ in pairs]), [tensor for _, tensor in pairs], strict=True))
+
+
+# -- dynamic axes -------------------------------------------------------------------------
+
+
+def resolve_dynamic_axes(
+    inputs: ModelInputs,
+    output_names: list[str],
+    config: ExportConfig,
+    outputs: Sequence[torch.Tensor] | None = None,
+) -> dict[str, dict[int, str]]:
+    """Dynamic axes of inputs and outputs in the torch.onnx form ``{name: {axis: axis_name}}``.
+
+    ``dynamic_batch`` makes axis 0 of every input ``batch``; of the outputs, those
+    whose axis 0 has the batch size (when ``outputs`` is given) or all of them.
+    ``config.dynamic_axes`` replaces the entry of each name it lists; ``{}`` makes
+    that name static.
+    """
+    tensors = inputs.tensors()
+    axes: dict[str, dict[int, str]] = {}
+    if config.dynamic_batch:
+        batch_sizes = {t.shape[0] for t in tensors if t.dim() >= 1}
+        for name, tensor in zip(inputs.names, tensors, strict=True):
+            if tensor.dim() >= 1:
+                axes[name] = {0: BATCH_AXIS_NAME}
+        for index, name in enumerate(output_names):
+            # an output follows the batch when its first axis has the batch size
+            if outputs is None or (outputs[index].dim() >= 1 and outputs[index].shape[0] in batch_sizes):
+                axes[name] = {0: BATCH_AXIS_NAME}
+
+    ranks = {name: t.dim() for name, t in zip(inputs.names, tensors, strict=True)}
+    if outputs is not None:
+        ranks.update({name: t.dim() for name, t in zip(output_names, outputs, strict=True)})
+    known = [*inputs.names, *output_names]
+    for name, spec in config.dynamic_axes.items():
+        if name not in known:
+            raise ConfigError(
+                f"export.dynamic_axes names {name!r}, which is neither an input nor an output; "
+                f"inputs: {', '.join(inputs.names)}; outputs: {', '.join(output_names)}",
+                fix="key dynamic_axes by a graph input or output name",
+            )
+        axes[name] = _axis_map(name, spec, ranks.get(name))
+    return {name: mapping for name, mapping in axes.items() if mapping}
+
+
+def _axis_map(name: str, spec: Any, rank: int | None) -> dict[int, str]:
+    """``{axis: name}`` from the torch.onnx forms ``{0: "batch"}`` or ``[0, 1]`` (axis keys may be "0")."""
+    if spec is None:
+        return {}
+    pairs = spec.items() if isinstance(spec, Mapping) else ((axis, None) for axis in spec)
+    mapping: dict[int, str] = {}
+    for axis, axis_name in pairs:
+        try:
+            index = int(axis)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"export.dynamic_axes.{name} has axis {axis!r}, which is not an integer",
+                fix='write axes as integers, e.g. {"x": {0: "batch"}}',
+            ) from None
+        if rank is not None and not -rank <= index < rank:
+            raise ConfigError(
+                f"export.dynamic_axes.{name} has axis {index} but {name} has {rank} dimensions",
+                fix=f"use an axis between 0 and {rank - 1}",
+            )
+        if rank is not None and index < 0:
+            index += rank
+        mapping[index] = str(axis_name) if axis_name is not None else f"{name}_dim_{index}"
+    return mapping
+
+
+# -- generated inputs ---------------------------------------------------------------------
+
+
+def generate_inputs(
+    specs: list[InputSpec], seed: int, sizes: dict[str, dict[int, int]] | None = None
+) -> dict[str, torch.Tensor]:
+    """Seeded tensors from ``specs``; ``sizes`` overrides axes (``{name: {axis: size}}``).
+
+    Integers are uniform in ``[low, high)`` (default ``[0, 10)``); floats are uniform
+    in ``[low, high)`` when a range is given, else standard normal.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for spec in specs:
+        shape = list(spec.shape)
+        for axis, size in (sizes or {}).get(spec.name, {}).items():
+            shape[int(axis)] = size
+        dtype = getattr(torch, spec.dtype)
+        if dtype == torch.bool:
+            tensor = torch.randint(0, 2, shape, generator=generator).bool()
+        elif dtype.is_floating_point:
+            if spec.low is None and spec.high is None:
+                tensor = torch.randn(shape, generator=generator)
+            else:
+                low = 0.0 if spec.low is None else spec.low
+                high = low + 1.0 if spec.high is None else spec.high
+                tensor = torch.rand(shape, generator=generator) * (high - low) + low
+            tensor = tensor.to(dtype)
+        else:
+            low = int(_INTEGER_DEFAULT_RANGE[0] if spec.low is None else spec.low)
+            high = int(_INTEGER_DEFAULT_RANGE[1] if spec.high is None else spec.high)
+            if high <= low:
+                raise ConfigError(
+                    f"export.inputs[{spec.name}] has low={low} >= high={high}",
+                    fix="set high above low (high is exclusive for integer inputs)",
+                )
+            tensor = torch.randint(low, high, shape, generator=generator, dtype=dtype)
+        tensors[spec.name] = tensor
+    return tensors

@@ -1,0 +1,184 @@
+"""The export pipeline: unwrap -> inputs -> export -> validate -> publish.
+
+The Python API, the Lightning callback and the CLI all end up in :func:`export`.
+Nothing reaches ``output`` before validation passed: the file is exported and
+finalised in a private directory beside it, validated there, then moved with
+``os.replace``. A previous file at ``output`` is untouched on any failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from onnxport.config import ExportConfig
+from onnxport.errors import InputError, ValidationError
+
+if TYPE_CHECKING:
+    from onnxport.validation import ValidationReport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export` published, and how."""
+
+    path: Path
+    """The published ``.onnx`` file (absolute)."""
+    sha256: str
+    """sha256 of the published file's bytes."""
+    exporter: str
+    """The exporter that ran: ``dynamo`` or ``torchscript``."""
+    fallback_reason: Optional[str]
+    """Why ``auto`` did not use dynamo, if it did not."""
+    input_names: list[str]
+    output_names: list[str]
+    config: ExportConfig
+    """The resolved config (also stored in the file as ``onnxport.config``)."""
+    validation: Optional[ValidationReport] = None
+    """The validation report; ``None`` when validation is disabled."""
+    report_path: Optional[Path] = None
+    """The JSON validation report written beside the file."""
+    run_context: dict[str, Any] = field(default_factory=dict)
+    """Git commit and dirty flag, host, time: kept here and in the report, never in the file."""
+    seconds: float = 0.0
+    size_bytes: int = 0
+    """Size of the ``.onnx`` file plus its external ``.data`` file, if any."""
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    external_data: bool = False
+
+
+def export(
+    model: Any,
+    example_inputs: Any = None,
+    output: str | os.PathLike = "model.onnx",
+    *,
+    config: ExportConfig | Mapping[str, Any] | None = None,
+    checkpoint_sha256: Optional[str] = None,
+    **options: Any,
+) -> ExportResult:
+    """Export ``model`` to a validated, reproducible ONNX file at ``output``.
+
+    Args:
+        model: an ``nn.Module`` (Lightning modules and wrapped modules included), a
+            ``torch.jit.ScriptModule`` or a ``torch.export.ExportedProgram``.
+        example_inputs: a tensor, a tuple/list, a dict (keyword arguments, or the one
+            dict ``forward`` takes), or ``None`` for ``example_input_array`` / ``config.inputs``.
+        output: the ``.onnx`` file to write; its directory must exist.
+        config: an ``ExportConfig`` or mapping; ``options`` (``ExportConfig`` fields such
+            as ``opset=17`` or ``exporter="torchscript"``) override it.
+        checkpoint_sha256: sha256 of the checkpoint the model came from, recorded in the file.
+
+    Raises:
+        ConfigError, InputError: bad options, model, inputs or output path (nothing written).
+        ExportError, UnsupportedOperatorError: torch.onnx could not export the model.
+        ValidationError: the file does not match the model; it is kept as
+            ``<stem>.rejected.onnx`` and ``output`` is untouched.
+
+    >>> import torch
+    >>> result = export(torch.nn.Linear(4, 2), torch.randn(2, 4), "linear.onnx")  # doctest: +SKIP
+    >>> result.input_names, result.exporter  # doctest: +SKIP
+    (['input'], 'dynamo')
+    """
+    from onnxport import publish
+    from onnxport.exporters import preserved_state, run_exporter
+    from onnxport.inputs import prepare_inputs
+    from onnxport.provenance import run_context
+
+    started = time.perf_counter()
+    config = ExportConfig.coerce(config, **options)
+    model = _unwrap(model)
+    output_path = publish.check_output(output)
+
+    with preserved_state(model):
+        inputs = prepare_inputs(model, example_inputs, config)
+        with publish.staging_dir(output_path) as stage:
+            raw = stage / "exported.onnx"
+            run = run_exporter(model, inputs, raw, config)
+            staged = stage / output_path.name
+            publish.finalize(
+                raw,
+                staged,
+                metadata=publish.provenance_metadata(
+                    config,
+                    exporter=run.exporter,
+                    fallback_reason=run.fallback_reason,
+                    checkpoint_sha256=checkpoint_sha256,
+                ),
+                model_version=config.model_version,
+                external_data=run.external_data,
+            )
+            report = None
+            if config.validation.enabled:
+                report = _validate(staged, model, inputs, config, output_path)
+            publish.move_into_place(staged, output_path, external_data=run.external_data)
+
+    context = run_context(output_path.parent)
+    report_path = None
+    if report is not None:
+        report.onnx_path = str(output_path)
+        report.run = {**report.run, **context}
+        report_path = _report_path(config, output_path)
+        report.write_json(report_path)
+    size = output_path.stat().st_size
+    if run.external_data:
+        size += Path(f"{output_path}.data").stat().st_size
+    result = ExportResult(
+        path=output_path,
+        sha256=publish.sha256(output_path),
+        exporter=run.exporter,
+        fallback_reason=run.fallback_reason,
+        input_names=run.input_names,
+        output_names=run.output_names,
+        config=config,
+        validation=report,
+        report_path=report_path,
+        run_context=context,
+        seconds=time.perf_counter() - started,
+        size_bytes=size,
+        dynamic_axes=run.dynamic_axes,
+        external_data=run.external_data,
+    )
+    logger.info(
+        "exported %s with %s in %.1fs (sha256 %s)", output_path, run.exporter, result.seconds, result.sha256
+    )
+    return result
+
+
+def _unwrap(model: Any) -> Any:
+    import torch
+
+    if not isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
+        raise InputError(
+            f"model is a {type(model).__name__}, not a torch.nn.Module, ScriptModule or ExportedProgram",
+            fix="pass the model object (load a checkpoint with onnxport.load_model first)",
+        )
+    try:
+        from onnxport.unwrap import unwrap
+    except ImportError:  # unwrap lands separately; a bare module needs none
+        return model
+    return unwrap(model)
+
+
+def _validate(staged: Path, model: Any, inputs: Any, config: ExportConfig, output: Path) -> Any:
+    from onnxport import publish
+    from onnxport.validation import validate
+
+    try:
+        return validate(staged, model, inputs, config=config)
+    except ValidationError as error:
+        rejected = publish.keep_rejected(staged, output)
+        logger.error("validation failed; the file was kept as %s and %s is untouched", rejected, output)
+        raise error
+
+
+def _report_path(config: ExportConfig, output: Path) -> Path:
+    if config.validation.report:
+        return Path(config.validation.report)
+    return output.with_name(f"{output.stem}.validation.json")

@@ -1,0 +1,214 @@
+"""Turn a raw exported file into the published artifact, and put it in place atomically.
+
+The published bytes depend only on the weights, the config and the tool versions:
+exporter stack traces, absolute paths and symbol tables are scrubbed, producer
+fields are fixed, and provenance goes into ``metadata_props`` under ``onnxport.``.
+Everything is staged in a private directory beside the output (same filesystem),
+and moved with ``os.replace`` only once the caller says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onnxport.config import ExportConfig
+from onnxport.errors import InputError, PublishError
+
+if TYPE_CHECKING:
+    import onnx
+
+METADATA_PREFIX = "onnxport."
+PRODUCER_NAME = "onnxport"
+
+
+def check_output(output: str | os.PathLike) -> Path:
+    """The absolute output path, after checking its directory exists and is writable."""
+    path = Path(output).expanduser().absolute()
+    if path.suffix != ".onnx":
+        raise InputError(f"output {str(output)!r} does not end in .onnx", fix="name the output file *.onnx")
+    if path.is_dir():
+        raise InputError(f"output {str(output)!r} is a directory", fix="give a file path such as model.onnx")
+    directory = path.parent
+    if not directory.is_dir():
+        raise InputError(
+            f"output directory {str(directory)!r} does not exist",
+            fix=f"create it first (mkdir -p {directory}) or choose an existing directory",
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InputError(
+            f"output directory {str(directory)!r} is not writable",
+            fix="choose a directory you can write to, or fix its permissions",
+        )
+    return path
+
+
+@contextlib.contextmanager
+def staging_dir(output: Path) -> Iterator[Path]:
+    """A private directory beside ``output``, removed with everything in it on exit."""
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    except OSError as error:
+        raise InputError(
+            f"cannot write in output directory {str(output.parent)!r}: {error.strerror}",
+            fix="choose a directory you can write to",
+        ) from None
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def provenance_metadata(
+    config: ExportConfig,
+    *,
+    exporter: str,
+    fallback_reason: str | None,
+    checkpoint_sha256: str | None,
+) -> dict[str, str]:
+    """The ``metadata_props`` of the published file (nothing run-specific)."""
+    from onnxport.config import SCHEMA_VERSION
+    from onnxport.provenance import tool_versions
+
+    versions = tool_versions()
+    props = {
+        "version": versions["onnxport"],
+        "schema_version": str(SCHEMA_VERSION),
+        "config": config.to_json(),
+        "config_sha256": config.sha256(),
+        "torch_version": versions["torch"],
+        "onnx_version": versions["onnx"],
+        "onnxscript_version": versions["onnxscript"],
+        "exporter": exporter,
+        "fallback_reason": fallback_reason or "",
+        "checkpoint_sha256": checkpoint_sha256 or "",
+        "validation_enabled": "true" if config.validation.enabled else "false",
+    }
+    props = {METADATA_PREFIX + key: value for key, value in props.items()}
+    props.update({f"{METADATA_PREFIX}user.{key}": str(value) for key, value in config.metadata.items()})
+    return props
+
+
+def finalize(
+    raw: Path,
+    staged: Path,
+    *,
+    metadata: Mapping[str, str],
+    model_version: int,
+    external_data: bool,
+) -> None:
+    """Write ``raw`` as ``staged``: scrubbed, with ``metadata``, weights inline or in ``<staged>.data``."""
+    import onnx
+
+    model = onnx.load(str(raw), load_external_data=True)
+    scrub(model)
+    model.producer_name = PRODUCER_NAME
+    model.producer_version = metadata.get(METADATA_PREFIX + "version", "")
+    model.model_version = model_version
+    del model.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        model.metadata_props.add(key=key, value=value)
+    try:
+        if external_data:
+            onnx.save_model(
+                model,
+                str(staged),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=f"{staged.name}.data",  # relative: the pair can be moved together
+                size_threshold=1024,
+            )
+        else:
+            onnx.save_model(model, str(staged))
+    except ValueError as error:  # protobuf refuses a single message over 2 GB
+        raise PublishError(
+            f"the model does not fit in one ONNX file: {error}",
+            fix="set export.external_data: always (weights go to <name>.onnx.data)",
+        ) from None
+
+
+def scrub(model: onnx.ModelProto) -> None:
+    """Drop what differs between runs and machines: doc strings and exporter metadata.
+
+    The dynamo exporter stores stack traces (absolute paths), FX node dumps and symbol
+    tables in node, value and graph ``metadata_props``; TorchScript puts source
+    locations in ``doc_string``. None of it is needed to run the model.
+    """
+    model.doc_string = ""
+    _scrub_graph(model.graph)
+    for function in model.functions:
+        function.doc_string = ""
+        del function.metadata_props[:]
+        for node in function.node:
+            _scrub_node(node)
+        for value in function.value_info:
+            value.doc_string = ""
+            del value.metadata_props[:]
+
+
+def _scrub_graph(graph: onnx.GraphProto) -> None:
+    graph.doc_string = ""
+    del graph.metadata_props[:]
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.doc_string = ""
+        del value.metadata_props[:]
+    for tensor in graph.initializer:
+        tensor.doc_string = ""
+        del tensor.metadata_props[:]
+    for node in graph.node:
+        _scrub_node(node)
+
+
+def _scrub_node(node: onnx.NodeProto) -> None:
+    node.doc_string = ""
+    del node.metadata_props[:]
+    for attribute in node.attribute:
+        if attribute.HasField("g"):
+            _scrub_graph(attribute.g)
+        for subgraph in attribute.graphs:
+            _scrub_graph(subgraph)
+
+
+def move_into_place(staged: Path, output: Path, *, external_data: bool) -> None:
+    """``os.replace`` the staged file (and its ``.data``) onto ``output``.
+
+    The data file moves first so the ``.onnx`` never points at missing weights; a
+    ``.data`` left by an earlier external export of the same name is removed.
+    """
+    data = Path(f"{output}.data")
+    try:
+        if external_data:
+            os.replace(f"{staged}.data", data)
+        os.replace(staged, output)
+        if not external_data:
+            with contextlib.suppress(FileNotFoundError):
+                data.unlink()
+    except OSError as error:
+        raise PublishError(
+            f"could not move the exported file to {str(output)!r}: {error.strerror}",
+            fix="check the output path and its permissions",
+        ) from None
+
+
+def keep_rejected(staged: Path, output: Path) -> Path:
+    """Keep a file that failed validation as ``<stem>.rejected.onnx`` beside the output, for inspection."""
+    rejected = output.with_name(f"{output.stem}.rejected.onnx")
+    with contextlib.suppress(OSError):
+        os.replace(staged, rejected)
+    return rejected
+
+
+def sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
