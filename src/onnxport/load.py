@@ -163,7 +163,12 @@ def _torch_load(path: Path, *, trust_checkpoint: bool, map_location: Any) -> Any
                 fix=_TRUST_FIX,
             ) from error
         raise _corrupt(path, error) from error
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as error:
+    except ImportError as error:  # a trusted pickle whose classes are not importable here
+        raise CheckpointError(
+            f"checkpoint {path} needs {error.name or 'a module'} which cannot be imported ({error})",
+            fix="load it where the model's code is importable, or save model.state_dict() instead",
+        ) from error
+    except Exception as error:  # torch.load reports damage through many types (IndexError, KeyError, ...)
         raise _corrupt(path, error) from error
 
 

@@ -1,0 +1,337 @@
+"""load_model() and file_sha256(): every kind of file training leaves behind, and every bad one."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TinyMLP
+from onnxport.errors import CheckpointError, InputError
+from onnxport.load import file_sha256, load_model
+
+# TorchScript is deprecated upstream but still what users have on disk.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+
+LIGHTNING_PACKAGES = ["pytorch_lightning", "lightning.pytorch"]
+
+
+def _lit_classifier(package: str) -> type:
+    pl = importlib.import_module(package)
+
+    class LitClassifier(pl.LightningModule):
+        def __init__(self, hidden: int = 8) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = TinyMLP(hidden=hidden)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    LitClassifier.__qualname__ = LitClassifier.__name__ = f"LitClassifier_{package.replace('.', '_')}"
+    return LitClassifier
+
+
+# Module-level so "test_load.LitClassifier_..." is an import path, as a user would give it.
+LitClassifier_pytorch_lightning = _lit_classifier("pytorch_lightning")
+LitClassifier_lightning_pytorch = _lit_classifier("lightning.pytorch")
+LIT_CLASSES = {
+    "pytorch_lightning": LitClassifier_pytorch_lightning,
+    "lightning.pytorch": LitClassifier_lightning_pytorch,
+}
+
+
+@pytest.fixture(scope="module", params=LIGHTNING_PACKAGES)
+def lightning_ckpt(request, tmp_path_factory) -> tuple[Path, nn.Module]:
+    """A checkpoint written by a real Trainer after one training step, with a non-default hparam."""
+    package = request.param
+    pl = importlib.import_module(package)
+    torch.manual_seed(0)
+    model = LIT_CLASSES[package](hidden=6)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    root = tmp_path_factory.mktemp("lightning")
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
+    path = root / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path, model
+
+
+@pytest.fixture
+def weights(tmp_path) -> tuple[Path, TinyMLP]:
+    torch.manual_seed(0)
+    model = TinyMLP().eval()
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def assert_same_weights(loaded: nn.Module, original: nn.Module) -> None:
+    original_state = original.state_dict()
+    assert loaded.state_dict().keys() == original_state.keys()
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, original_state[key]), key
+
+
+# ---- Lightning checkpoints ----
+
+
+def test_lightning_checkpoint_loads_with_its_class_and_saved_hparams(lightning_ckpt):
+    path, trained = lightning_ckpt
+    cls = type(trained)
+    loaded = load_model(path, model_class=cls)
+    assert type(loaded) is cls
+    assert loaded.hparams.hidden == 6  # rebuilt from the checkpoint, not the class default
+    assert_same_weights(loaded, trained)
+
+
+def test_lightning_checkpoint_loads_with_class_given_as_import_path(lightning_ckpt):
+    path, trained = lightning_ckpt
+    loaded = load_model(path, model_class=f"test_load.{type(trained).__name__}")
+    assert_same_weights(loaded, trained)
+
+
+def test_lightning_checkpoint_loads_into_a_built_model(lightning_ckpt):
+    path, trained = lightning_ckpt
+    built = type(trained)(hidden=6)
+    loaded = load_model(path, model=built)
+    assert loaded is built
+    assert_same_weights(loaded, trained)
+
+
+def test_lightning_checkpoint_without_its_class_says_how_to_fix(lightning_ckpt):
+    path, _ = lightning_ckpt
+    with pytest.raises(
+        CheckpointError, match="Lightning checkpoint and needs its LightningModule class"
+    ) as caught:
+        load_model(path)
+    assert str(path) in str(caught.value)
+    assert "model_class=" in caught.value.fix
+
+
+def test_lightning_checkpoint_with_an_unimportable_class_names_it(lightning_ckpt):
+    path, _ = lightning_ckpt
+    with pytest.raises(InputError, match=r"'no_such_pkg\.Model' cannot be imported"):
+        load_model(path, model_class="no_such_pkg.Model")
+
+
+def test_lightning_checkpoint_with_a_plain_module_class_is_refused(lightning_ckpt):
+    path, _ = lightning_ckpt
+    with pytest.raises(InputError, match="TinyMLP is not a LightningModule"):
+        load_model(path, model_class=TinyMLP)
+
+
+# ---- state_dict files ----
+
+
+def test_state_dict_loads_into_a_built_model(weights):
+    path, original = weights
+    target = TinyMLP()
+    loaded = load_model(path, model=target)
+    assert loaded is target
+    assert_same_weights(loaded, original)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"_target_": "conftest.TinyMLP", "hidden": 8},
+        pytest.param("omegaconf", id="DictConfig"),
+    ],
+)
+def test_state_dict_loads_into_a_model_built_from_a_hydra_target(weights, config):
+    if config == "omegaconf":
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.create({"_target_": "conftest.TinyMLP", "hidden": 8})
+    path, original = weights
+    loaded = load_model(path, model=config)
+    assert type(loaded) is TinyMLP
+    assert_same_weights(loaded, original)
+
+
+def test_state_dict_loads_into_a_model_class_built_without_arguments(weights):
+    path, original = weights
+    assert_same_weights(load_model(path, model_class=TinyMLP), original)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin"])
+def test_state_dict_saved_from_nested_wrappers_loads_into_the_bare_model(tmp_path, suffix):
+    torch.manual_seed(0)
+    wrapped = nn.DataParallel(torch.compile(torch.optim.swa_utils.AveragedModel(TinyMLP()), backend="eager"))
+    path = tmp_path / f"weights{suffix}"
+    torch.save(wrapped.state_dict(), path)
+    loaded = load_model(path, model=TinyMLP())
+    assert_same_weights(loaded, wrapped.module._orig_mod.module)
+
+
+def test_state_dict_inside_a_training_checkpoint_dict_loads(weights, tmp_path):
+    _, original = weights
+    path = tmp_path / "train_state.pt"
+    torch.save({"epoch": 3, "model_state_dict": original.state_dict(), "optimizer": {}}, path)
+    assert_same_weights(load_model(path, model=TinyMLP()), original)
+
+
+def test_model_with_a_submodule_named_module_keeps_its_keys(tmp_path):
+    class Holder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = nn.Linear(2, 2)
+
+    torch.manual_seed(0)
+    original = Holder()
+    path = tmp_path / "holder.pt"
+    torch.save(original.state_dict(), path)
+    assert_same_weights(load_model(path, model=Holder()), original)
+
+
+def test_state_dict_loads_into_the_module_under_a_wrapper_given_as_model(weights):
+    path, original = weights
+    inner = TinyMLP()
+    loaded = load_model(path, model=nn.DataParallel(inner))
+    assert loaded is inner
+    assert_same_weights(loaded, original)
+
+
+def test_state_dict_without_a_model_says_to_pass_one(weights):
+    path, _ = weights
+    with pytest.raises(CheckpointError, match="no model was given") as caught:
+        load_model(path)
+    assert "model=" in caught.value.fix
+
+
+def test_key_mismatch_names_first_missing_and_first_unexpected_key(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"fc1.weight": torch.zeros(8, 4), "encoder.weight": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_model(path, model=TinyMLP())
+    message = str(caught.value)
+    assert "3 missing (first: 'fc1.bias')" in message
+    assert "1 unexpected (first: 'encoder.weight')" in message
+
+
+def test_shape_mismatch_names_the_parameter(weights):
+    path, _ = weights
+    with pytest.raises(CheckpointError, match=r"size mismatch for fc1\.weight"):
+        load_model(path, model=TinyMLP(hidden=16))
+
+
+def test_unimportable_hydra_target_is_an_input_error_naming_it(weights):
+    path, _ = weights
+    with pytest.raises(InputError, match=r"'no_such_pkg\.Net'") as caught:
+        load_model(path, model={"_target_": "no_such_pkg.Net"})
+    assert not isinstance(caught.value, CheckpointError)
+
+
+def test_model_config_without_target_is_an_input_error(weights):
+    path, _ = weights
+    with pytest.raises(InputError, match="Hydra config with _target_"):
+        load_model(path, model={"hidden": 8})
+
+
+# ---- TorchScript and ExportedProgram archives ----
+
+
+@pytest.mark.parametrize("name", ["model.pt", "scripted.bin"])
+def test_torchscript_file_loads_as_a_script_module(mlp, mlp_input, tmp_path, name):
+    path = tmp_path / name
+    torch.jit.save(torch.jit.trace(mlp, mlp_input), path)
+    loaded = load_model(path)
+    assert isinstance(loaded, torch.jit.ScriptModule)
+    assert torch.equal(loaded(mlp_input), mlp(mlp_input))
+
+
+def test_pt2_file_loads_as_an_exported_program(mlp, mlp_input, tmp_path):
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(mlp, (mlp_input,)), path)
+    loaded = load_model(path)
+    assert isinstance(loaded, torch.export.ExportedProgram)
+    assert torch.equal(loaded.module()(mlp_input), mlp(mlp_input))
+
+
+def test_model_object_passes_through(mlp):
+    assert load_model(mlp) is mlp
+
+
+# ---- bad files ----
+
+
+def test_missing_file_names_the_path(tmp_path):
+    path = tmp_path / "nope.ckpt"
+    with pytest.raises(CheckpointError, match="does not exist") as caught:
+        load_model(path, model=TinyMLP())
+    assert str(path) in str(caught.value)
+
+
+def _truncate(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["state_dict", "legacy_state_dict", "torchscript", "pt2", "garbage"])
+def test_corrupt_or_truncated_file_is_one_line_naming_the_path(mlp, mlp_input, tmp_path, kind):
+    path = tmp_path / f"{kind}.pt"
+    if kind == "state_dict":
+        torch.save(mlp.state_dict(), path)
+    elif kind == "legacy_state_dict":
+        torch.save(mlp.state_dict(), path, _use_new_zipfile_serialization=False)
+    elif kind == "torchscript":
+        torch.jit.save(torch.jit.trace(mlp, mlp_input), path)
+    elif kind == "pt2":
+        path = path.with_suffix(".pt2")
+        torch.export.save(torch.export.export(mlp, (mlp_input,)), path)
+    else:
+        path.write_bytes(b"this is not a checkpoint")
+    if kind != "garbage":
+        _truncate(path)
+    with pytest.raises(CheckpointError, match="corrupt or truncated") as caught:
+        load_model(path, model=TinyMLP())
+    assert str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_pickled_module_needs_the_trust_flag(mlp, tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(mlp, path)
+    with pytest.raises(
+        CheckpointError, match=r"needs full unpickling \(it stores conftest\.TinyMLP\)"
+    ) as caught:
+        load_model(path)
+    assert "trust_checkpoint=True" in caught.value.fix
+    assert "\n" not in str(caught.value)
+
+    loaded = load_model(path, trust_checkpoint=True)
+    assert isinstance(loaded, TinyMLP)
+    assert_same_weights(loaded, mlp)
+
+
+# ---- file_sha256 ----
+
+
+def test_file_sha256_streams_and_matches_hashlib(tmp_path):
+    path = tmp_path / "blob.bin"
+    data = bytes(range(256)) * 1000
+    path.write_bytes(data)
+    assert file_sha256(path, chunk_size=4096) == hashlib.sha256(data).hexdigest()
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
