@@ -1,0 +1,339 @@
+"""The ``onnxport`` command: ``export`` (a Hydra app), ``inspect`` and ``validate``.
+
+``onnxport export --config-dir conf [overrides]`` composes the user's ``conf/config.yaml``
+(``model``, ``checkpoint``, ``output``, ``export``) and runs :func:`export_from_config`.
+Hydra's own flags work (``--cfg job``, ``-m export.opset=17,18``, ``--info``). The packaged
+``hydra/output=onnxport`` settings keep Hydra from creating ``outputs/`` or changing directory,
+so the command behaves as a DVC stage should. Under ``-m`` give each run its own file, e.g.
+``output=models/model_${export.opset}.onnx``.
+
+Errors are one line on stderr; the exit status is 2 for bad config or input and 1 when
+validation failed (nothing was published). ``HYDRA_FULL_ERROR=1`` shows the traceback.
+
+Module imports are standard library only: ``inspect`` must not pay for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onnxport.errors import EXIT_BAD_INPUT, ConfigError, OnnxportError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from torch import nn
+
+    from onnxport.config import ExportConfig
+    from onnxport.pipeline import ExportResult
+
+PACKAGED_CONF = Path(__file__).with_name("conf")
+DEFAULT_CONFIG_DIR = "conf"
+DEFAULT_CONFIG_NAME = "config"
+# Selected ahead of the user's overrides, so a user can still pick Hydra's defaults back.
+HYDRA_APP_OVERRIDES = ("hydra/output=onnxport", "hydra/job_logging=onnxport", "hydra/hydra_logging=onnxport")
+FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+
+USAGE = """\
+usage: onnxport export [--config-dir DIR] [--config-name NAME] [hydra flags] [overrides ...]
+       onnxport inspect FILE [--json]
+       onnxport validate FILE [--checkpoint PATH] [--config-dir DIR] [--report PATH] [overrides ...]
+
+export    export a checkpoint to a validated ONNX file (a Hydra app; see `onnxport export --help`)
+inspect   show an ONNX file's signature, opset, sizes, operators and provenance (no torch)
+validate  re-validate an ONNX file against a checkpoint and write the JSON report
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``onnxport <command> ...`` and return the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="", file=sys.stdout if args else sys.stderr)
+        return 0 if args else EXIT_BAD_INPUT
+    commands = {"export": _export_command, "inspect": _inspect_command, "validate": _validate_command}
+    command = commands.get(args[0])
+    if command is None:
+        print(f"onnxport: unknown command {args[0]!r}; choose one of {', '.join(commands)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return command(args[1:])
+    except OnnxportError as error:
+        if _full_errors_requested():
+            raise
+        print(f"onnxport {args[0]}: error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+# -- export -------------------------------------------------------------------------------
+
+
+def export_from_config(cfg: DictConfig) -> ExportResult:
+    """Export the model a composed config describes; the work behind ``onnxport export``.
+
+    ``cfg`` holds ``model`` (a ``_target_`` mapping built with Hydra, or the class path of a
+    LightningModule), ``checkpoint``, ``trust_checkpoint`` (default false), ``output`` and
+    ``export`` (the :class:`~onnxport.config.ExportConfig` fields).
+    """
+    import onnxport
+    from onnxport.load import file_sha256
+
+    output = _required(cfg, "output")
+    config = export_config_from(cfg)
+    checkpoint = _required(cfg, "checkpoint")
+    model = model_from_config(cfg, checkpoint)
+    # A DVC stage's outs live in directories a fresh clone does not have yet.
+    for path in (output, config.validation.report):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return onnxport.export(model, None, output, config=config, checkpoint_sha256=file_sha256(checkpoint))
+
+
+def export_config_from(cfg: DictConfig) -> ExportConfig:
+    """The ``export`` node as a checked :class:`~onnxport.config.ExportConfig` (defaults if absent)."""
+    from omegaconf import OmegaConf
+
+    from onnxport.config import ExportConfig
+
+    node = OmegaConf.select(cfg, "export")
+    return ExportConfig.from_dict(OmegaConf.to_container(node, resolve=True) if node is not None else None)
+
+
+def model_from_config(cfg: DictConfig, checkpoint: str) -> nn.Module | Any:
+    """Build ``cfg.model`` and load ``checkpoint`` into it (see :func:`onnxport.load_model`).
+
+    ``model`` may be a ``_target_`` mapping (instantiated, then the checkpoint's state_dict is
+    loaded), the class path of a LightningModule (``load_from_checkpoint``), or absent when the
+    checkpoint is self-contained (TorchScript, ``torch.export`` program).
+    """
+    from hydra.utils import get_class, get_object
+    from omegaconf import OmegaConf
+
+    from onnxport.load import load_model
+
+    trust = bool(OmegaConf.select(cfg, "trust_checkpoint", default=False))
+    spec = OmegaConf.select(cfg, "model")
+    if isinstance(spec, str):
+        return load_model(checkpoint, model_class=_locate(spec, "model", get_class), trust_checkpoint=trust)
+    if spec is not None:
+        if "_target_" not in spec:
+            raise ConfigError(
+                "model has no _target_",
+                fix="set model._target_ to your nn.Module class, or model to a LightningModule class path",
+            )
+        _locate(spec._target_, "model._target_", get_object)  # a clearer error than instantiate's
+    return load_model(checkpoint, model=spec, trust_checkpoint=trust)
+
+
+def _locate(path: str, key: str, locate: Any) -> Any:
+    try:
+        return locate(path)
+    except Exception as error:
+        cause = error.__cause__ or error
+        raise ConfigError(
+            f"{key}={path!r} cannot be imported ({type(cause).__name__}: {cause})",
+            fix=f"set {key} to an importable 'package.module.Class' path (is the package installed?)",
+        ) from error
+
+
+def _required(cfg: DictConfig, key: str) -> Any:
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, key)  # None for a missing key or `???`
+    if value is None or value == "":
+        raise ConfigError(f"{key} is not set", fix=f"set {key}=... in the config or on the command line")
+    return value
+
+
+def _export_task(cfg: DictConfig) -> None:
+    """The thin ``@hydra.main`` body: DVC-aware config, then the work function."""
+    from onnxport.stage import resolve_stage_config
+
+    result = export_from_config(resolve_stage_config(cfg))
+    validation = result.validation
+    print(
+        f"onnxport: wrote {result.path} ({result.size_bytes} bytes, sha256 {result.sha256[:12]}, "
+        f"{result.exporter} exporter, opset {result.config.opset}, {result.seconds:.1f} s)"
+    )
+    if result.fallback_reason:
+        print(f"onnxport: fell back to {result.exporter}: {result.fallback_reason}")
+    if validation is not None:
+        print(validation.summary())
+        print(f"onnxport: validation report {result.report_path}")
+    else:
+        print("onnxport: validation disabled (export.validation.enabled=false)")
+
+
+def _export_command(args: list[str]) -> int:
+    from hydra import main as hydra_main
+
+    register_configs()
+    app = hydra_main(version_base=None, config_path=str(PACKAGED_CONF), config_name=DEFAULT_CONFIG_NAME)(
+        _export_task
+    )
+    with _hydra_errors_as_config_errors(), _argv("onnxport export", _hydra_argv(args)):
+        app()
+    return 0
+
+
+def _hydra_argv(args: list[str]) -> list[str]:
+    """Put the packaged Hydra settings in front of the user's overrides, keeping Hydra's flags.
+
+    argparse takes overrides as one run of positionals, so they are moved ahead of the flags.
+    """
+    from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
+
+    parsed = get_args_parser().parse_args(args)
+    flags = list(args)
+    size = len(parsed.overrides)
+    for start in range(len(flags) - size + 1):
+        if size and flags[start : start + size] == parsed.overrides:
+            del flags[start : start + size]
+            break
+    if parsed.config_dir is None and Path(DEFAULT_CONFIG_DIR).is_dir():
+        flags += ["--config-dir", DEFAULT_CONFIG_DIR]
+    return [*HYDRA_APP_OVERRIDES, *parsed.overrides, *flags]
+
+
+@contextlib.contextmanager
+def _argv(program: str, args: list[str]) -> Iterator[None]:
+    saved = sys.argv
+    sys.argv = [program, *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+@contextlib.contextmanager
+def _hydra_errors_as_config_errors() -> Iterator[None]:
+    """Let errors escape Hydra's printer, then make composition errors one-line ConfigErrors."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    user_asked = _full_errors_requested()
+    saved = os.environ.get(FULL_ERROR_ENV)
+    os.environ[FULL_ERROR_ENV] = "1"  # Hydra then re-raises instead of printing and exiting 1
+    try:
+        yield
+    except (HydraException, OmegaConfBaseException) as error:
+        if user_asked:
+            raise
+        cause = error.__cause__
+        detail = f": {cause}" if isinstance(cause, OmegaConfBaseException) else ""
+        raise ConfigError(
+            f"{error}{detail}",
+            fix="check the key and value against `onnxport export --cfg job` and the config reference",
+        ) from error
+    finally:
+        if saved is None:
+            os.environ.pop(FULL_ERROR_ENV, None)
+        else:
+            os.environ[FULL_ERROR_ENV] = saved
+
+
+def register_configs() -> None:
+    """Register the ``ExportConfig`` schema in Hydra's ConfigStore as ``onnxport/export_schema``.
+
+    A user's ``conf/export/default.yaml`` lists ``/onnxport/export_schema@_here_`` first in its
+    defaults, so typos and wrong types in ``export.*`` fail at composition. The
+    ``hydra_plugins.onnxport`` package calls this on import, which is how the schema reaches
+    DVC's own composition of ``conf/`` in ``dvc exp run``.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    from onnxport.config import ExportConfig
+
+    ConfigStore.instance().store(
+        group="onnxport", name="export_schema", node=ExportConfig, provider="onnxport"
+    )
+
+
+def _full_errors_requested() -> bool:
+    return os.environ.get(FULL_ERROR_ENV, "") not in ("", "0")
+
+
+# -- inspect ------------------------------------------------------------------------------
+
+
+def _inspect_command(args: list[str]) -> int:
+    import json
+
+    from onnxport.inspection import format_report, inspect_model
+
+    parser = argparse.ArgumentParser(prog="onnxport inspect", description="Describe an ONNX file.")
+    parser.add_argument("file", help="the .onnx file")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    options = parser.parse_args(args)
+    info = inspect_model(options.file)
+    print(json.dumps(info, indent=2) if options.json else format_report(info))
+    return 0
+
+
+# -- validate -----------------------------------------------------------------------------
+
+
+def _validate_command(args: list[str]) -> int:
+    import onnxport
+    from onnxport.errors import ValidationError
+
+    parser = argparse.ArgumentParser(
+        prog="onnxport validate",
+        description="Re-validate an ONNX file against a checkpoint, with the model config used at export.",
+    )
+    parser.add_argument("file", help="the .onnx file to check")
+    parser.add_argument("--checkpoint", help="checkpoint to compare against (default: the config's)")
+    parser.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, help="the Hydra config dir (conf)")
+    parser.add_argument("--config-name", default=DEFAULT_CONFIG_NAME, help="primary config name (config)")
+    parser.add_argument("--report", help="where the JSON report goes (default: as at export)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. export.validation.atol=1e-3")
+    options = parser.parse_args(args)
+    if not Path(options.file).is_file():
+        raise ConfigError(f"{options.file} does not exist", fix="pass the path of an existing .onnx file")
+
+    cfg = compose_config(options.config_dir, options.config_name, options.overrides)
+    config = export_config_from(cfg)
+    checkpoint = options.checkpoint or _required(cfg, "checkpoint")
+    model = model_from_config(cfg, checkpoint)
+    report_path = Path(
+        options.report
+        or config.validation.report
+        or Path(options.file).with_name(f"{Path(options.file).stem}.validation.json")
+    )
+    try:
+        report = onnxport.validate(options.file, model, None, config=config)
+    except ValidationError as error:
+        if error.report is not None:
+            error.report.write_json(report_path)
+            print(error.report.summary())
+        raise
+    report.write_json(report_path)
+    print(report.summary())
+    print(f"onnxport: validation report {report_path}")
+    if not report.passed:
+        print(f"onnxport validate: {options.file} failed validation (see {report_path})", file=sys.stderr)
+        return ValidationError.exit_code
+    return 0
+
+
+def compose_config(config_dir: str, config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """Compose ``config_dir/config_name`` with ``overrides`` as ``onnxport export`` would."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    if not Path(config_dir).is_dir():
+        raise ConfigError(f"config dir {config_dir!r} does not exist", fix="pass --config-dir DIR")
+    with (
+        _hydra_errors_as_config_errors(),
+        initialize_config_dir(str(Path(config_dir).resolve()), version_base=None),
+    ):
+        return compose(config_name, overrides=list(overrides))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
