@@ -1,0 +1,216 @@
+"""The reference pipeline's stage code on its own: real scikit-learn data, real Trainer, real ONNX Runtime.
+
+The DVC wiring of the same stages is tested end to end in test_dvc_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from pipelines.config import compose
+from pipelines.evaluate import evaluate
+from pipelines.model import DigitsCNN
+from pipelines.prepare import prepare
+from pipelines.summary import summary
+from pipelines.train import train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF = REPO_ROOT / "conf"
+
+
+def tmp_config(root: Path, *overrides: str):
+    """The real conf/, with every path under ``root`` and a one-epoch Trainer."""
+    return compose(
+        [
+            f"paths.data_dir={root}/data",
+            f"paths.checkpoint_dir={root}/checkpoints",
+            f"paths.model={root}/models/model.onnx",
+            f"paths.validation_report={root}/metrics/validation.json",
+            f"paths.accuracy={root}/metrics/accuracy.json",
+            f"paths.latency_plot={root}/plots/latency.json",
+            "trainer.max_epochs=2",
+            *overrides,
+        ],
+        config_dir=CONF,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """Prepared data and a trained checkpoint (the ONNX callback left out: it has its own tests)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = tmp_config(root, "~callbacks.onnx_export")
+    prepare(cfg)
+    train(cfg)
+    return cfg
+
+
+def md5(path: str | Path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+# -- config -------------------------------------------------------------------------------
+
+
+def test_paths_are_defined_once_and_interpolated_everywhere():
+    cfg = compose(config_dir=CONF)
+    assert cfg.checkpoint == cfg.paths.checkpoint == "checkpoints/best.ckpt"
+    assert cfg.output == cfg.paths.model == "models/model.onnx"
+    assert cfg.export.validation.report == cfg.paths.validation_report
+    assert cfg.data.dir == cfg.paths.data_dir
+    saver = cfg.callbacks.model_checkpoint
+    assert f"{saver.dirpath}/{saver.filename}.ckpt" == cfg.paths.checkpoint
+    assert saver.monitor == "val_loss" and saver.save_top_k == 1
+    assert cfg.callbacks.onnx_export._target_ == "onnxport.OnnxExportCallback"
+
+
+def test_conf_needs_no_running_hydra_app():
+    # DVC composes conf/ with OmegaConf.resolve outside @hydra.main: ${hydra:...} would fail there.
+    offenders = [str(p) for p in CONF.rglob("*.yaml") if "${hydra:" in p.read_text()]
+    assert offenders == []
+
+
+def test_committed_params_yaml_is_conf_composed_as_dvc_composes_it():
+    # `dvc exp run` rewrites params.yaml from conf/; if the committed file differed, the first
+    # experiment would re-run stages nobody changed.
+    committed = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    assert committed == OmegaConf.to_container(compose(config_dir=CONF))
+
+
+def test_dvc_yaml_declares_the_stages_metrics_and_model_artifact():
+    dvc_yaml = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    stages = dvc_yaml["stages"]
+    assert list(stages) == ["prepare", "train", "export", "evaluate"]
+    assert stages["export"]["cmd"] == "onnxport export --config-dir conf"
+    assert "conf/export" in stages["export"]["deps"]
+    assert "export" in stages["export"]["params"]
+    for stage, metric in (("export", "${paths.validation_report}"), ("evaluate", "${paths.accuracy}")):
+        assert stages[stage]["metrics"] == [{metric: {"cache": False}}]
+    artifact = dvc_yaml["artifacts"]["digits-cnn"]
+    assert artifact["path"] == "${paths.model}"
+    assert artifact["type"] == "model"
+    assert {"opset", "inputs"} <= set(artifact["meta"])
+
+
+def test_dvc_config_enables_hydra_composition_from_conf():
+    from configobj import ConfigObj
+
+    config = ConfigObj(str(REPO_ROOT / ".dvc" / "config"))
+    assert config["hydra"]["enabled"] == "true"
+    assert config["hydra"].get("config_dir", "conf") == "conf"
+
+
+# -- prepare ------------------------------------------------------------------------------
+
+
+def test_prepare_splits_all_digits_scaled_to_unit_range(tmp_path: Path):
+    cfg = tmp_config(tmp_path)
+    counts = prepare(cfg)
+    assert sum(counts.values()) == 1797  # every image of load_digits, once
+    assert counts["val"] == counts["test"] == 270
+    for split, count in counts.items():
+        with np.load(tmp_path / "data" / f"{split}.npz") as arrays:
+            images, labels = arrays["image"], arrays["label"]
+        assert images.shape == (count, 1, 8, 8) and images.dtype == np.float32
+        assert images.min() == 0.0 and images.max() == 1.0
+        assert set(labels.tolist()) == set(range(10))  # stratified: every class in every split
+
+
+def test_prepare_is_byte_reproducible_and_seeded(tmp_path: Path):
+    for name, seed in (("first", 0), ("again", 0), ("other", 1)):
+        prepare(tmp_config(tmp_path / name, f"data.split_seed={seed}"))
+    first, again, other = (
+        md5(tmp_path / name / "data" / "train.npz") for name in ("first", "again", "other")
+    )
+    assert first == again  # fixed zip timestamps: same data, same md5 for DVC
+    assert other != first
+
+
+# -- model --------------------------------------------------------------------------------
+
+
+def test_digits_cnn_maps_images_to_ten_logits():
+    model = DigitsCNN().eval()
+    assert tuple(model.example_input_array.shape) == (2, 1, 8, 8)  # batch 2: stays dynamic when traced
+    assert model(torch.rand(5, 1, 8, 8)).shape == (5, 10)
+
+
+# -- train --------------------------------------------------------------------------------
+
+
+def test_train_keeps_the_best_checkpoint_at_paths_checkpoint(trained):
+    checkpoint = torch.load(trained.paths.checkpoint, map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 1  # two epochs, 0-based
+    saver = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert saver["monitor"] == "val_loss"
+    assert Path(saver["best_model_path"]).resolve() == Path(trained.paths.checkpoint).resolve()
+
+
+def test_train_is_deterministic(trained, tmp_path: Path):
+    cfg = tmp_config(tmp_path, "~callbacks.onnx_export", f"paths.data_dir={trained.paths.data_dir}")
+    train(cfg)
+    first = torch.load(trained.paths.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    again = torch.load(cfg.paths.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[name], again[name]) for name in first)
+
+
+# -- evaluate and summary -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained):
+    """The trained checkpoint exported by the real TorchScript exporter, then evaluated."""
+    model = DigitsCNN.load_from_checkpoint(trained.paths.checkpoint, weights_only=True).eval()
+    Path(trained.paths.model).parent.mkdir(parents=True)
+    torch.onnx.export(
+        model,
+        (model.example_input_array,),
+        trained.paths.model,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+    return evaluate(trained)
+
+
+def test_evaluate_scores_onnx_runtime_beside_pytorch(trained, evaluated):
+    written = json.loads(Path(trained.paths.accuracy).read_text())
+    assert written == evaluated
+    assert written["test_samples"] == 270
+    assert written["onnx_accuracy"] > 0.8  # two epochs on digits is plenty for a CNN
+    assert written["prediction_agreement"] == 1.0
+    assert abs(written["onnx_accuracy"] - written["torch_accuracy"]) < 1e-9
+    assert written["max_abs_logit_diff"] < 1e-3
+
+
+def test_evaluate_plots_latency_per_batch_size(trained, evaluated):
+    rows = json.loads(Path(trained.paths.latency_plot).read_text())
+    assert [row["batch_size"] for row in rows] == list(trained.evaluate.batch_sizes)
+    assert all(row["onnxruntime_ms"] > 0 and row["torch_ms"] > 0 for row in rows)
+
+
+def test_summary_says_where_the_model_is_and_its_accuracy(trained, evaluated):
+    Path(trained.paths.validation_report).parent.mkdir(parents=True, exist_ok=True)
+    Path(trained.paths.validation_report).write_text(json.dumps({"passed": True}))
+    text = summary(trained)
+    assert str(Path(trained.paths.model).resolve()) in text
+    assert f"{evaluated['onnx_accuracy']:.4f} in ONNX Runtime" in text
+    assert re.search(r"opset \d+\)", text)
+    assert "validation:  passed" in text
+
+
+def test_summary_names_what_is_missing(tmp_path: Path):
+    text = summary(tmp_config(tmp_path))
+    assert text.startswith("not built yet:")
+    assert str(tmp_path / "models" / "model.onnx") in text
