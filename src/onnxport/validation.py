@@ -18,7 +18,6 @@ failure raises unless ``validation.on_mismatch`` is ``warn``.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import statistics
@@ -30,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
-from torch.utils import _pytree as pytree
 
 from onnxport.config import ExportConfig, InputSpec, ValidationConfig
 from onnxport.errors import (
@@ -41,7 +39,10 @@ from onnxport.errors import (
     SessionError,
     SignatureMismatchError,
 )
-from onnxport.report import CaseResult, OutputCheck, ValidationReport
+from onnxport.inputs import ModelInputs, flatten_outputs, prepare_inputs
+from onnxport.parity import compare, first_divergence
+from onnxport.provenance import run_context
+from onnxport.report import CaseResult, ValidationReport
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -93,17 +94,18 @@ def validate(
     graph_outputs = [meta.name for meta in session.get_outputs()]
 
     with _eval_mode(model), _exact_float32():
-        expected = _flat_outputs(example.call(model))
-        _check_signature(path, graph_inputs, graph_outputs, example, len(expected), config)
+        output_names = [name for name, _ in flatten_outputs(example.call(model))]
+        _check_signature(path, graph_inputs, graph_outputs, example, config.output_names or output_names)
         axes = _dynamic_axes(graph_inputs, example)
         cases = [_Case(_label(axes.export_sizes), axes.export_sizes, example)]
         if samples:
             cases += [_sample_case(i, model, sample, axes, config) for i, sample in enumerate(samples)]
         else:
-            cases += _generated_cases(example, axes, settings, _specs(example, config))
+            cases += _generated_cases(example, axes, settings)
         tolerances = {name: _tolerance(settings, name) for name in graph_outputs}
         results = [_run_case(case, model, session, graph_outputs, tolerances) for case in cases]
         torch_ms, ort_ms = _latency(model, example, session, settings.latency_runs)
+        divergence = _localize(path, model, cases, results, settings) if settings.localize else None
 
     report = ValidationReport(
         onnx_path=str(path),
@@ -117,7 +119,8 @@ def validate(
         },
         torch_latency_ms=torch_ms,
         ort_latency_ms=ort_ms,
-        run=_run_context(),
+        first_divergence=divergence,
+        run=run_context(),
     )
     if report.passed:
         logger.info("%s", report.summary())
@@ -173,11 +176,10 @@ def _check_signature(
     path: Path,
     graph_inputs: list[Any],
     graph_outputs: list[str],
-    example: _Example,
-    output_count: int,
-    config: ExportConfig,
+    example: ModelInputs,
+    output_names: list[str],
 ) -> None:
-    """The same count checks torch.onnx makes internally, plus names when they are known."""
+    """The count checks torch.onnx makes internally, and the names ``export`` gives inputs and outputs."""
     names = [meta.name for meta in graph_inputs]
     tensors = example.tensors()
     problems = []
@@ -186,93 +188,33 @@ def _check_signature(
             f"the graph has {len(names)} inputs ({', '.join(names)}) but the example inputs "
             f"flatten to {len(tensors)} tensors"
         )
-    expected_names = config.input_names or example.names
-    if expected_names and list(expected_names) != names:
-        problems.append(f"graph inputs {names} are not the exported names {list(expected_names)}")
-    if len(graph_outputs) != output_count:
+    elif example.names != names:
+        problems.append(f"graph inputs are named {names}, the example inputs {example.names}")
+    if len(graph_outputs) != len(output_names):
         problems.append(
             f"the graph has {len(graph_outputs)} outputs ({', '.join(graph_outputs)}) but the model "
-            f"returns {output_count} tensors"
+            f"returns {len(output_names)} tensors"
         )
-    if config.output_names and list(config.output_names) != graph_outputs:
-        problems.append(f"graph outputs {graph_outputs} are not export.output_names {config.output_names}")
+    elif output_names != graph_outputs:
+        problems.append(f"graph outputs are named {graph_outputs}, the model's outputs {output_names}")
     for meta, tensor in zip(graph_inputs, tensors, strict=False):
         if len(meta.shape) != tensor.dim():
             problems.append(f"graph input {meta.name} has rank {len(meta.shape)}, the example {tensor.dim()}")
     if problems:
         raise SignatureMismatchError(
             f"{path.name} does not fit the model: {'; '.join(problems)}",
-            fix="validate with the same model and example inputs the file was exported from",
+            fix="validate with the model, example inputs and input/output names the file was exported with",
         )
 
 
 # -- the inputs of each case -----------------------------------------------------------------
 
 
-@dataclass
-class _Example:
-    """Model inputs as ``(args, kwargs)``; tensors are the pytree leaves, in graph-input order."""
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    names: list[str]
-    specs: dict[str, InputSpec]
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [
-            leaf for leaf in pytree.tree_leaves((self.args, self.kwargs)) if isinstance(leaf, torch.Tensor)
-        ]
-
-    def with_tensors(self, tensors: Sequence[torch.Tensor]) -> _Example:
-        leaves, spec = pytree.tree_flatten((self.args, self.kwargs))
-        replacements = iter(tensors)
-        leaves = [next(replacements) if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
-        args, kwargs = pytree.tree_unflatten(leaves, spec)
-        return _Example(tuple(args), dict(kwargs), self.names, self.specs)
-
-    def call(self, model: Any) -> Any:
-        with torch.no_grad():
-            return model(*self.args, **self.kwargs)
-
-    def feed(self, names: Sequence[str]) -> dict[str, np.ndarray]:
-        return {
-            name: tensor.detach().cpu().numpy() for name, tensor in zip(names, self.tensors(), strict=True)
-        }
-
-
-def _prepare(model: torch.nn.Module, example_inputs: Any, config: ExportConfig) -> _Example:
-    """Accept a prepared ``ModelInputs`` or raw example inputs (prepared like ``export`` does)."""
-    if not _is_model_inputs(example_inputs):
-        try:
-            from onnxport.inputs import prepare_inputs
-        except ImportError:  # the inputs module is not there yet: take plain tensors/tuples/dicts
-            return _Example(*_split_args(model, example_inputs), names=[], specs={})
-        example_inputs = prepare_inputs(model, example_inputs, config)
-    return _Example(
-        tuple(example_inputs.args),
-        dict(example_inputs.kwargs),
-        list(getattr(example_inputs, "names", None) or []),
-        dict(getattr(example_inputs, "specs", None) or {}),
-    )
-
-
-def _is_model_inputs(value: Any) -> bool:
-    return all(hasattr(value, attribute) for attribute in ("args", "kwargs", "with_tensors"))
-
-
-def _split_args(model: torch.nn.Module, example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if example is None:
-        raise InputError(
-            "validate() needs example inputs", fix="pass the tensors the model was exported with"
-        )
-    if isinstance(example, torch.Tensor):
-        return (example,), {}
-    if isinstance(example, Mapping):
-        parameters = inspect.signature(model.forward).parameters
-        if set(example) <= set(parameters):
-            return (), dict(example)
-        return (dict(example),), {}
-    return tuple(example), {}
+def _prepare(model: Any, example_inputs: Any, config: ExportConfig) -> ModelInputs:
+    """Raw example inputs are prepared exactly as ``export`` prepares them."""
+    if isinstance(example_inputs, ModelInputs):
+        return example_inputs
+    return prepare_inputs(model, example_inputs, config)
 
 
 def _sample_case(index: int, model: Any, sample: Any, axes: _Axes, config: ExportConfig) -> _Case:
@@ -281,10 +223,6 @@ def _sample_case(index: int, model: Any, sample: Any, axes: _Axes, config: Expor
         symbol: inputs.tensors()[where[0][0]].shape[where[0][1]] for symbol, where in axes.positions.items()
     }
     return _Case(f"sample_{index}", sizes, inputs)
-
-
-def _specs(example: _Example, config: ExportConfig) -> dict[str, InputSpec]:
-    return example.specs or {spec.name: spec for spec in config.inputs}
 
 
 # -- the shape matrix ----------------------------------------------------------------------
@@ -302,10 +240,10 @@ class _Axes:
 class _Case:
     label: str
     sizes: dict[str, int]
-    inputs: _Example
+    inputs: ModelInputs
 
 
-def _dynamic_axes(graph_inputs: list[Any], example: _Example) -> _Axes:
+def _dynamic_axes(graph_inputs: list[Any], example: ModelInputs) -> _Axes:
     """Every non-constant graph input dim; one symbol shared by inputs varies them together."""
     positions: dict[str, list[tuple[int, int]]] = {}
     export_sizes: dict[str, int] = {}
@@ -319,9 +257,7 @@ def _dynamic_axes(graph_inputs: list[Any], example: _Example) -> _Axes:
     return _Axes(positions, export_sizes)
 
 
-def _generated_cases(
-    example: _Example, axes: _Axes, settings: ValidationConfig, specs: dict[str, InputSpec]
-) -> list[_Case]:
+def _generated_cases(example: ModelInputs, axes: _Axes, settings: ValidationConfig) -> list[_Case]:
     """Vary one symbol at a time over its sizes, then all symbols at their largest size."""
     matrix: list[dict[str, int]] = []
     largest = {}
@@ -334,25 +270,23 @@ def _generated_cases(
     cases = []
     for number, sizes in enumerate(matrix, start=1):
         generator = torch.Generator().manual_seed(settings.seed + number)
-        cases.append(_Case(_label(sizes), sizes, _random_inputs(example, axes, sizes, specs, generator)))
+        cases.append(_Case(_label(sizes), sizes, _random_inputs(example, axes, sizes, generator)))
     return cases
 
 
 def _random_inputs(
-    example: _Example,
+    example: ModelInputs,
     axes: _Axes,
     sizes: dict[str, int],
-    specs: dict[str, InputSpec],
     generator: torch.Generator,
-) -> _Example:
+) -> ModelInputs:
     shapes = [list(tensor.shape) for tensor in example.tensors()]
     for symbol, where in axes.positions.items():
         for index, axis in where:
             shapes[index][axis] = sizes[symbol]
-    names = example.names or [None] * len(shapes)
     tensors = [
-        _random_like(tensor, shape, specs.get(name or ""), generator)
-        for tensor, shape, name in zip(example.tensors(), shapes, names, strict=True)
+        _random_like(tensor, shape, example.specs.get(name), generator)
+        for tensor, shape, name in zip(example.tensors(), shapes, example.names, strict=True)
     ]
     return example.with_tensors(tensors)
 
@@ -393,14 +327,13 @@ def _run_case(
     tolerances: dict[str, tuple[float, float]],
 ) -> CaseResult:
     result = CaseResult(case.label, case.sizes)
-    input_names = [meta.name for meta in session.get_inputs()]
     try:
         expected = _flat_outputs(case.inputs.call(model))
     except Exception as error:  # the model itself cannot run at this size
         result.error = f"torch raised {type(error).__name__}: {_first_line(error)}"
         return result
     try:
-        actual = session.run(None, case.inputs.feed(input_names))
+        actual = session.run(None, case.inputs.feed())
     except Exception as error:  # e.g. a Reshape that baked in the export size
         result.error = f"onnxruntime raised {_first_line(error)}"
         return result
@@ -415,34 +348,21 @@ def _run_case(
     return result
 
 
-def compare(name: str, expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> OutputCheck:
-    """Elementwise ``|actual - expected| <= atol + rtol * |expected|``; NaN never passes, Inf must match."""
-    check = OutputCheck(name, tuple(expected.shape), atol, rtol)
-    if expected.shape != actual.shape:
-        check.error = f"has shape {list(actual.shape)} in onnxruntime but {list(expected.shape)} in torch"
-        return check
-    expected = expected.astype(np.float64)
-    actual = actual.astype(np.float64)
-    check.nan_torch, check.nan_ort = int(np.isnan(expected).sum()), int(np.isnan(actual).sum())
-    check.inf_torch, check.inf_ort = int(np.isinf(expected).sum()), int(np.isinf(actual).sum())
-    finite = np.isfinite(expected) & np.isfinite(actual)
-    diff = np.where(finite, np.abs(actual - expected), 0.0)
-    within = finite & (diff <= atol + rtol * np.abs(np.where(finite, expected, 0.0)))
-    within |= np.isinf(expected) & (actual == expected)
-    if expected.size:
-        check.mismatch_pct = float(100.0 * (1.0 - within.mean()))
-        check.max_abs_diff = float(diff.max())
-        # eps as in torch.onnx.verification, so zeros in torch do not divide by zero
-        check.max_rel_diff = float((diff / (np.abs(np.where(finite, expected, 0.0)) + 1e-7)).max())
-    return check
+def _localize(
+    path: Path, model: Any, cases: list[_Case], results: list[CaseResult], settings: ValidationConfig
+) -> Optional[str]:
+    """Name the first diverging operator at the first case whose outputs could be compared."""
+    for case, result in zip(cases, results, strict=True):
+        if not result.passed and result.error is None:
+            inputs = case.inputs
+            divergence = first_divergence(
+                path, model, inputs.args, inputs.kwargs, settings.atol, settings.rtol
+            )
+            return f"{divergence} at {case.label}" if divergence else None
+    return None
 
 
 def _flat_outputs(outputs: Any) -> list[torch.Tensor]:
-    """Output tensors in the order the exporters flatten them."""
-    try:
-        from onnxport.inputs import flatten_outputs
-    except ImportError:
-        return [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
     return [tensor for _, tensor in flatten_outputs(outputs)]
 
 
@@ -457,12 +377,12 @@ def _tolerance(settings: ValidationConfig, name: str) -> tuple[float, float]:
 
 
 def _latency(
-    model: Any, example: _Example, session: onnxruntime.InferenceSession, runs: int
+    model: Any, example: ModelInputs, session: onnxruntime.InferenceSession, runs: int
 ) -> tuple[Optional[float], Optional[float]]:
     """Median milliseconds over ``runs`` calls at the export shape, after one warm-up call."""
     if runs <= 0:
         return None, None
-    feed = example.feed([meta.name for meta in session.get_inputs()])
+    feed = example.feed()
     return _median_ms(lambda: example.call(model), runs), _median_ms(lambda: session.run(None, feed), runs)
 
 
@@ -513,37 +433,6 @@ def _exact_float32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def _run_context() -> dict[str, Any]:
-    try:
-        from onnxport.provenance import run_context
-    except ImportError:
-        return _local_run_context()
-    return run_context()
-
-
-def _local_run_context() -> dict[str, Any]:
-    """git commit/dirty, host and UTC time, until ``onnxport.provenance`` provides them."""
-    import datetime
-    import socket
-    import subprocess
-
-    def git(*args: str) -> Optional[str]:
-        try:
-            done = subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip()
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain") if commit else None
-    return {
-        "git_commit": commit,
-        "git_dirty": None if status is None else bool(status),
-        "host": socket.gethostname(),
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def _first_line(error: BaseException) -> str:
