@@ -1,0 +1,1 @@
+"""Benchmarks for onnxport; run with `make bench`."""
