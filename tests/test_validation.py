@@ -280,22 +280,48 @@ def test_per_output_tolerance_overrides_the_global_one(drifted):
     assert report.to_dict()["tolerances"]["output"] == {"atol": 2e-2, "rtol": 1e-3}
 
 
-def test_export_publishes_despite_a_breach_with_on_mismatch_warn(tmp_path):
+class Drifting(nn.Module):
+    """Counts its calls in a buffer the exported graph cannot update, so eager drifts from the file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.fc(x) + 0.01 * self.calls
+
+
+def test_export_publishes_despite_a_breach_with_on_mismatch_warn(tmp_path, caplog):
     from onnxport import export
 
     torch.manual_seed(0)
-    model, x = TinyMLP().eval(), torch.randn(2, 4)
-    # an impossible tolerance makes float32 rounding alone a real breach
-    result = export(
-        model,
-        x,
-        tmp_path / "model.onnx",
-        exporter="torchscript",
-        validation={"atol": 0.0, "rtol": 0.0, "on_mismatch": "warn", "latency_runs": 0},
-    )
+    output = tmp_path / "model.onnx"
 
-    assert Path(result.path).exists()
-    assert result.validation is not None and not result.validation.passed
+    with caplog.at_level(logging.WARNING, logger="onnxport.validation"):
+        result = export(
+            Drifting().eval(),
+            torch.randn(2, 4),
+            output,
+            exporter="torchscript",
+            validation={"on_mismatch": "warn", "latency_runs": 0},
+        )
+
+    assert output.exists() and not (tmp_path / "model.rejected.onnx").exists()
+    assert not result.validation.passed and "publishing anyway" in caplog.text
+    assert json.loads(result.report_path.read_text())["passed"] == 0
+
+
+def test_export_fails_on_the_same_breach_by_default(tmp_path):
+    from onnxport import export
+
+    torch.manual_seed(0)
+
+    with pytest.raises(ParityError, match=r"3 of 3 validation cases failed: output at batch=2 max_abs_diff"):
+        export(Drifting().eval(), torch.randn(2, 4), tmp_path / "model.onnx", exporter="torchscript")
+
+    assert not (tmp_path / "model.onnx").exists() and (tmp_path / "model.rejected.onnx").exists()
 
 
 # -- inputs of every kind ---------------------------------------------------------------------------
@@ -351,16 +377,25 @@ def test_keyword_inputs_validate(tmp_path):
 
 def test_external_data_validates_by_path(mlp_file, tmp_path):
     model, x, source = mlp_file
-    proto = onnx.load(str(source))
     path = tmp_path / "external.onnx"
-    onnx.save_model(
-        proto, str(path), save_as_external_data=True, location="external.onnx.data", size_threshold=0
+    onnx.save_model(onnx.load(str(source)), str(path), save_as_external_data=True, size_threshold=0)
+    assert onnx.external_data_helper.uses_external_data(
+        onnx.load(str(path), load_external_data=False).graph.initializer[0]
     )
-    assert (tmp_path / "external.onnx.data").stat().st_size > 0
 
-    report = validate(path, model, x, validation={"latency_runs": 0})
+    assert validate(path, model, x, validation={"latency_runs": 0}).passed
 
-    assert report.passed
+
+def test_export_with_external_data_always_is_validated_by_path(tmp_path):
+    from onnxport import export
+
+    torch.manual_seed(0)
+    model, x = TinyMLP().eval(), torch.randn(2, 4)
+
+    result = export(model, x, tmp_path / "model.onnx", exporter="torchscript", external_data="always")
+
+    assert result.validation.passed and (tmp_path / "model.onnx.data").exists()
+    assert validate(result.path, model, x, validation={"latency_runs": 0}).passed
 
 
 # -- broken files ---------------------------------------------------------------------------------
