@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -36,7 +37,12 @@ PACKAGED_CONF = Path(__file__).with_name("conf")
 DEFAULT_CONFIG_DIR = "conf"
 DEFAULT_CONFIG_NAME = "config"
 # Selected ahead of the user's overrides, so a user can still pick Hydra's defaults back.
-HYDRA_APP_OVERRIDES = ("hydra/output=onnxport", "hydra/job_logging=onnxport", "hydra/hydra_logging=onnxport")
+HYDRA_APP_OVERRIDES = (
+    "hydra/output=onnxport",
+    "hydra/job_logging=onnxport",
+    "hydra/hydra_logging=onnxport",
+    "hydra.output_subdir=null",
+)
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 
 USAGE = """\
@@ -63,11 +69,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return command(args[1:])
-    except OnnxportError as error:
+    except Exception as error:
         if _full_errors_requested():
             raise
-        print(f"onnxport {args[0]}: error: {error}", file=sys.stderr)
+        return _report_error(args[0], error)
+
+
+def _report_error(command: str, error: Exception) -> int:
+    """Print ``error`` as one line on stderr and return its exit status."""
+    if isinstance(error, OnnxportError):
+        print(f"onnxport {command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    message = " ".join(str(error).split())
+    print(
+        f"onnxport {command}: unexpected {type(error).__name__}: {message} "
+        f"(set {FULL_ERROR_ENV}=1 for the traceback)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 # -- export -------------------------------------------------------------------------------
@@ -111,7 +130,6 @@ def model_from_config(cfg: DictConfig, checkpoint: str) -> nn.Module | Any:
     loaded), the class path of a LightningModule (``load_from_checkpoint``), or absent when the
     checkpoint is self-contained (TorchScript, ``torch.export`` program).
     """
-    from hydra.utils import get_class, get_object
     from omegaconf import OmegaConf
 
     from onnxport.load import load_model
@@ -119,20 +137,22 @@ def model_from_config(cfg: DictConfig, checkpoint: str) -> nn.Module | Any:
     trust = bool(OmegaConf.select(cfg, "trust_checkpoint", default=False))
     spec = OmegaConf.select(cfg, "model")
     if isinstance(spec, str):
-        return load_model(checkpoint, model_class=_locate(spec, "model", get_class), trust_checkpoint=trust)
+        return load_model(checkpoint, model_class=_locate(spec, "model"), trust_checkpoint=trust)
     if spec is not None:
         if "_target_" not in spec:
             raise ConfigError(
                 "model has no _target_",
                 fix="set model._target_ to your nn.Module class, or model to a LightningModule class path",
             )
-        _locate(spec._target_, "model._target_", get_object)  # a clearer error than instantiate's
+        _locate(spec._target_, "model._target_")  # a clearer error than instantiate's
     return load_model(checkpoint, model=spec, trust_checkpoint=trust)
 
 
-def _locate(path: str, key: str, locate: Any) -> Any:
+def _locate(path: str, key: str) -> Any:
+    from hydra._internal.utils import _locate  # what instantiate uses, minus its error logging
+
     try:
-        return locate(path)
+        return _locate(path)
     except Exception as error:
         cause = error.__cause__ or error
         raise ConfigError(
@@ -150,11 +170,21 @@ def _required(cfg: DictConfig, key: str) -> Any:
     return value
 
 
-def _export_task(cfg: DictConfig) -> None:
-    """The thin ``@hydra.main`` body: DVC-aware config, then the work function."""
+def _export_task(cfg: DictConfig, exit_codes: list[int], full_errors: bool) -> None:
+    """The thin ``@hydra.main`` body: DVC-aware config, then the work function.
+
+    Errors are reported here, as one line, so that under ``-m`` the other runs still happen
+    and Hydra does not print its own banner; the worst exit status is kept in ``exit_codes``.
+    """
     from onnxport.stage import resolve_stage_config
 
-    result = export_from_config(resolve_stage_config(cfg))
+    try:
+        result = export_from_config(resolve_stage_config(cfg))
+    except OnnxportError as error:
+        if full_errors:
+            raise
+        exit_codes.append(_report_error("export", error))
+        return
     validation = result.validation
     print(
         f"onnxport: wrote {result.path} ({result.size_bytes} bytes, sha256 {result.sha256[:12]}, "
@@ -173,12 +203,12 @@ def _export_command(args: list[str]) -> int:
     from hydra import main as hydra_main
 
     register_configs()
-    app = hydra_main(version_base=None, config_path=str(PACKAGED_CONF), config_name=DEFAULT_CONFIG_NAME)(
-        _export_task
-    )
+    exit_codes = [0]
+    task = functools.partial(_export_task, exit_codes=exit_codes, full_errors=_full_errors_requested())
+    app = hydra_main(version_base=None, config_path=str(PACKAGED_CONF), config_name=DEFAULT_CONFIG_NAME)(task)
     with _hydra_errors_as_config_errors(), _argv("onnxport export", _hydra_argv(args)):
         app()
-    return 0
+    return max(exit_codes)
 
 
 def _hydra_argv(args: list[str]) -> list[str]:
@@ -292,7 +322,7 @@ def _validate_command(args: list[str]) -> int:
     parser.add_argument("--config-name", default=DEFAULT_CONFIG_NAME, help="primary config name (config)")
     parser.add_argument("--report", help="where the JSON report goes (default: as at export)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. export.validation.atol=1e-3")
-    options = parser.parse_args(args)
+    options = parser.parse_intermixed_args(args)  # FILE, flags and overrides in any order
     if not Path(options.file).is_file():
         raise ConfigError(f"{options.file} does not exist", fix="pass the path of an existing .onnx file")
 
