@@ -398,6 +398,15 @@ def test_export_with_external_data_always_is_validated_by_path(tmp_path):
     assert validate(result.path, model, x, validation={"latency_runs": 0}).passed
 
 
+def test_an_exported_program_is_validated_like_its_module(mlp_file):
+    model, x, path = mlp_file
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+    report = validate(path, program, x, validation={"latency_runs": 0})
+
+    assert report.passed and len(report.cases) == 3, report.summary()
+
+
 # -- broken files ---------------------------------------------------------------------------------
 
 

@@ -65,11 +65,14 @@ def first_divergence(
     or ``None`` when no intermediate value can be matched (e.g. a TorchScript export,
     whose value names are not FX node names) or none diverges.
     """
-    try:
-        program = torch.export.export(model, args, kwargs, strict=False)
-    except Exception as error:  # models only the TorchScript exporter could take
-        logger.info("cannot localize the divergence: torch.export failed: %s", error)
-        return None
+    if isinstance(model, torch.export.ExportedProgram):
+        program = model
+    else:
+        try:
+            program = torch.export.export(model, args, kwargs, strict=False)
+        except Exception as error:  # models only the TorchScript exporter could take
+            logger.info("cannot localize the divergence: torch.export failed: %s", error)
+            return None
     module = program.module()
     expected, targets, output_nodes = _torch_values(module, pytree.tree_leaves((args, kwargs)))
 

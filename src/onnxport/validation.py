@@ -39,6 +39,7 @@ from onnxport.errors import (
     SessionError,
     SignatureMismatchError,
 )
+from onnxport.exporters import preserved_state
 from onnxport.inputs import ModelInputs, flatten_outputs, prepare_inputs
 from onnxport.parity import compare, first_divergence
 from onnxport.provenance import run_context
@@ -85,7 +86,7 @@ def validate(
     path = Path(onnx_path)
     if not path.is_file():
         raise InputError(f"ONNX file {str(path)!r} does not exist", fix="pass the path of an exported file")
-    model = _as_module(model)
+    _check_model(model)
     example = _prepare(model, example_inputs, config)
 
     check_file(path)
@@ -93,7 +94,7 @@ def validate(
     graph_inputs = session.get_inputs()
     graph_outputs = [meta.name for meta in session.get_outputs()]
 
-    with _eval_mode(model), _exact_float32():
+    with preserved_state(model), _exact_float32():
         output_names = [name for name, _ in flatten_outputs(example.call(model))]
         _check_signature(path, graph_inputs, graph_outputs, example, config.output_names or output_names)
         axes = _dynamic_axes(graph_inputs, example)
@@ -399,29 +400,12 @@ def _median_ms(function: Any, runs: int) -> float:
 # -- context ----------------------------------------------------------------------------------
 
 
-def _as_module(model: Any) -> Any:
-    if isinstance(model, torch.export.ExportedProgram):
-        return model.module()
-    if not callable(model):
+def _check_model(model: Any) -> None:
+    if not callable(model) and not isinstance(model, torch.export.ExportedProgram):
         raise InputError(
             f"validate() needs the PyTorch model, got {type(model).__name__}",
             fix="pass the nn.Module the file was exported from",
         )
-    return model
-
-
-@contextlib.contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Eval mode for the comparison; every submodule gets its own mode back afterwards."""
-    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
-    modes = [module.training for module in modules]
-    with contextlib.suppress(NotImplementedError):  # exported-program modules refuse .eval()
-        model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in zip(modules, modes, strict=True):
-            module.training = mode
 
 
 @contextlib.contextmanager
