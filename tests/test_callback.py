@@ -1,0 +1,344 @@
+"""OnnxExportCallback with a real Lightning Trainer, real exporters and real ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from conftest import REPO_ROOT, TinyMLP, run_onnx
+from onnxport import OnnxExportCallback
+from onnxport.errors import CheckpointError, ConfigError, ValidationError
+
+DDP_SCRIPT = REPO_ROOT / "tests" / "ddp_scripts" / "fit_export.py"
+FAST_VALIDATION = {"latency_runs": 0}
+
+
+class Regressor(pl.LightningModule):
+    """TinyMLP trained with MSE; ``score`` is a metric the test controls per epoch."""
+
+    def __init__(self, *, example: bool = True, noisy: bool = False, lr: float = 0.1) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = TinyMLP()
+        self.noisy = noisy
+        self.lr = lr
+        if example:
+            self.example_input_array = torch.randn(2, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        # Random output: whatever ONNX Runtime computes cannot match, so validation fails.
+        return y + torch.rand_like(y) if self.noisy else y
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self(x), y)
+
+    def on_train_epoch_end(self) -> None:
+        # Lower is better and epoch 0 scores best, so "best" and "last" weights differ.
+        self.log("score", float(self.current_epoch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def regression_data(n: int = 16, batch_size: int = 4) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    dataset = TensorDataset(torch.randn(n, 4, generator=generator), torch.randn(n, 3, generator=generator))
+    return DataLoader(dataset, batch_size=batch_size)
+
+
+def make_trainer(root: Path, callbacks: list, **options) -> pl.Trainer:
+    settings = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    return pl.Trainer(callbacks=callbacks, **{**settings, **options})
+
+
+def onnx_matches(path: Path, module: torch.nn.Module, x: torch.Tensor, input_name: str = "x") -> bool:
+    (ort_out,) = run_onnx(path, {input_name: x.numpy()})
+    with torch.no_grad():
+        expected = module.eval()(x).numpy()
+    return np.allclose(ort_out, expected, atol=1e-5, rtol=1e-4)
+
+
+PROBE = torch.randn(5, 4, generator=torch.Generator().manual_seed(7))
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"on_error": "ignore"}, "on_error='ignore'"),
+        ({"ckpt_path": 3}, "ckpt_path=3"),
+        ({"every_n_epochs": 0}, "every_n_epochs=0"),
+        ({"opset": 3}, "opset=3"),
+        ({"exporter": "onnxruntime"}, "exporter='onnxruntime'"),
+        ({"validation": {"on_mismatch": "ignore"}}, "on_mismatch='ignore'"),
+        ({"opst": 17}, "export.opst"),
+    ],
+)
+def test_bad_options_are_rejected_in_init_naming_the_value(options, named):
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[")) as caught:
+        OnnxExportCallback("model.onnx", **options)
+    assert caught.value.fix
+
+
+def test_export_options_and_config_merge_into_one_export_config():
+    callback = OnnxExportCallback(
+        config={"opset": 17, "validation": {"atol": 1e-2}}, validation={"rtol": 0.5}
+    )
+    assert callback.config.opset == 17
+    assert (callback.config.validation.atol, callback.config.validation.rtol) == (1e-2, 0.5)
+
+
+def test_state_dict_round_trip_and_state_key_follow_output():
+    first, second = OnnxExportCallback("a.onnx"), OnnxExportCallback("b.onnx")
+    assert first.state_key != second.state_key
+    first.last_path, first.last_sha256 = "/x/a.onnx", "ab" * 32
+    restored = OnnxExportCallback("a.onnx")
+    restored.load_state_dict(first.state_dict())
+    assert (restored.last_path, restored.last_sha256) == ("/x/a.onnx", "ab" * 32)
+    restored.load_state_dict({})  # a checkpoint from before the keys existed
+    assert restored.last_path == "/x/a.onnx"
+
+
+def test_hydra_config_instantiates_the_callback():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf" / "callbacks"), version_base="1.3"):
+        cfg = compose("onnx_export", overrides=["onnx_export.ckpt_path=best", "onnx_export.opset=17"])
+    callback = instantiate(cfg.onnx_export)
+    assert isinstance(callback, OnnxExportCallback)
+    assert (callback.ckpt_path, callback.on_error, callback.output) == ("best", "raise", None)
+    assert callback.config.opset == 17
+    assert callback.config.validation.atol == 1e-4
+
+
+# -- single process ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_fit_exports_a_valid_file_in_log_dir_and_leaves_the_module_training(tmp_path):
+    module = Regressor()
+    callback = OnnxExportCallback(validation=FAST_VALIDATION)
+    trainer = make_trainer(tmp_path, [callback], logger=CSVLogger(tmp_path, name="logs"))
+    trainer.fit(module, regression_data())
+
+    output = tmp_path / "logs" / "version_0" / "model.onnx"
+    assert callback.output_path == output
+    assert output.is_file()
+    result = callback.last_result
+    assert result is not None and Path(result.path) == output
+    assert result.validation.passed
+    assert (callback.last_path, callback.last_sha256) == (str(output), result.sha256)
+    assert all(m.training for m in module.modules())
+    assert module.device.type == "cpu"
+    assert onnx_matches(output, module, PROBE)
+
+    metrics = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    for name in ("export/passed", "export/max_abs_diff", "export/size_mb", "export/seconds"):
+        assert name in header
+    row = dict(zip(header, metrics[-1].split(","), strict=True))
+    assert float(row["export/passed"]) == 1.0
+
+
+class DictBatches(Dataset):
+    """Dict samples under a key ``forward`` does not know; the module's hook renames it."""
+
+    def __init__(self) -> None:
+        self.features = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"features": self.features[index], "target": torch.zeros(3)}
+
+
+class DictRegressor(Regressor):
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        return {"x": batch["features"], "y": batch["target"]}
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.mse_loss(self(batch["x"]), batch["y"])
+
+
+@pytest.mark.slow
+def test_first_batch_goes_through_the_batch_hooks_when_no_example_is_set(tmp_path):
+    module = DictRegressor(example=False)
+    callback = OnnxExportCallback(tmp_path / "model.onnx", validation=FAST_VALIDATION)
+    make_trainer(tmp_path, [callback]).fit(module, DataLoader(DictBatches(), batch_size=4))
+
+    assert callback.last_result.input_names == ["x"]
+    assert onnx_matches(tmp_path / "model.onnx", module, PROBE)
+
+
+@pytest.mark.slow
+def test_failed_export_warns_or_raises_and_never_writes_the_output(tmp_path):
+    output = tmp_path / "model.onnx"
+    output.write_bytes(b"previous export")
+
+    warn = OnnxExportCallback(output, on_error="warn", validation=FAST_VALIDATION)
+    with pytest.warns(UserWarning, match="export failed"):
+        make_trainer(tmp_path, [warn]).fit(Regressor(noisy=True), regression_data())
+    assert warn.last_result is None and warn.last_path is None
+    assert output.read_bytes() == b"previous export"
+
+    raising = OnnxExportCallback(output, validation=FAST_VALIDATION)
+    with pytest.raises(ValidationError):
+        make_trainer(tmp_path, [raising]).fit(Regressor(noisy=True), regression_data())
+    assert output.read_bytes() == b"previous export"
+
+
+@pytest.mark.slow
+def test_best_and_last_checkpoints_export_their_weights_and_leave_the_module_alone(tmp_path):
+    module = Regressor(lr=0.5)
+    checkpoint = ModelCheckpoint(tmp_path / "best", monitor="score", mode="min")
+    # last.ckpt is only refreshed when its callback saves, so "last" comes from one saving every epoch.
+    latest = ModelCheckpoint(tmp_path / "latest", save_last=True)
+    best = OnnxExportCallback(tmp_path / "best.onnx", ckpt_path="best", validation=FAST_VALIDATION)
+    last = OnnxExportCallback(tmp_path / "last.onnx", ckpt_path="last", validation=FAST_VALIDATION)
+    callbacks = [best, last, checkpoint, latest]
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=3, enable_checkpointing=True)
+    trainer.fit(module, regression_data())
+
+    assert Path(checkpoint.best_model_path).name.startswith("epoch=0")
+    best_module, last_module = Regressor(), Regressor()
+    best_module.load_state_dict(torch.load(checkpoint.best_model_path, weights_only=True)["state_dict"])
+    last_module.load_state_dict(torch.load(latest.last_model_path, weights_only=True)["state_dict"])
+    # The Trainer's module keeps its last weights, in training mode.
+    for name, tensor in module.state_dict().items():
+        assert torch.equal(tensor, last_module.state_dict()[name]), name
+    assert module.training
+
+    assert onnx_matches(tmp_path / "best.onnx", best_module, PROBE)
+    assert not onnx_matches(tmp_path / "best.onnx", last_module, PROBE)
+    assert onnx_matches(tmp_path / "last.onnx", last_module, PROBE)
+
+
+@pytest.mark.slow
+def test_best_without_a_checkpoint_callback_is_a_checkpoint_error(tmp_path):
+    callback = OnnxExportCallback(tmp_path / "model.onnx", ckpt_path="best")
+    with pytest.raises(CheckpointError, match="ckpt_path='best'"):
+        make_trainer(tmp_path, [callback]).fit(Regressor(), regression_data(n=4))
+    assert not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.slow
+def test_epoch_exports_are_recorded_in_the_next_checkpoint(tmp_path):
+    checkpoint = ModelCheckpoint(tmp_path / "ckpt", save_last=True)
+    callback = OnnxExportCallback(tmp_path / "model.onnx", every_n_epochs=1, validation=FAST_VALIDATION)
+    make_trainer(tmp_path, [callback, checkpoint], enable_checkpointing=True).fit(
+        Regressor(), regression_data(n=4)
+    )
+    saved = torch.load(checkpoint.last_model_path, weights_only=False)["callbacks"][callback.state_key]
+    assert saved == {"last_path": str(tmp_path / "model.onnx"), "last_sha256": callback.last_sha256}
+
+
+@pytest.mark.slow
+def test_compiled_module_exports_cleanly(tmp_path):
+    module = Regressor()
+    compiled = torch.compile(module, backend="eager")  # dynamo wrapping without a C++ toolchain
+    callback = OnnxExportCallback(tmp_path / "model.onnx", validation=FAST_VALIDATION)
+    make_trainer(tmp_path, [callback]).fit(compiled, regression_data())
+
+    assert "forward" in vars(module)  # Lightning left the dynamo-wrapped forward on the module
+    assert callback.last_result.validation.passed
+    assert onnx_matches(tmp_path / "model.onnx", module, PROBE)
+
+
+@pytest.mark.slow
+def test_ema_weight_averaging_exports_the_averaged_weights(tmp_path):
+    import onnx
+    from pytorch_lightning.callbacks import WeightAveraging
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    module = Regressor()
+    ema = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    callback = OnnxExportCallback(tmp_path / "model.onnx", validation=FAST_VALIDATION)
+    make_trainer(tmp_path, [ema, callback], max_epochs=2).fit(module, regression_data())
+
+    # WeightAveraging copies the average into the module when training ends, before on_fit_end.
+    assert onnx_matches(tmp_path / "model.onnx", module, PROBE)
+    names = [init.name for init in onnx.load(tmp_path / "model.onnx").graph.initializer]
+    assert names and not any(name.startswith(("module.", "_orig_mod.")) for name in names)
+
+
+# -- DDP -------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_exports_once_on_rank_zero_and_every_rank_agrees(tmp_path):
+    # Launched like `python train.py`: Lightning starts rank 1 itself. The unified `lightning`
+    # package is used here, so this also covers its Trainer and the callback's base class.
+    done = subprocess.run(
+        [sys.executable, str(DDP_SCRIPT), str(tmp_path), "ok", "lightning"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["exported_here"] for r in ranks] == [True, False]
+    assert ranks[0]["last_path"] == ranks[1]["last_path"] == str(tmp_path / "model.onnx")
+    assert ranks[0]["last_sha256"] == ranks[1]["last_sha256"]
+    assert all(r["is_callback_of_trainer_package"] and r["imported_at_start"] == [] for r in ranks)
+    assert run_onnx(tmp_path / "model.onnx", {"x": PROBE.numpy()})[0].shape == (5, 3)
+
+
+@pytest.mark.slow
+def test_ddp_rank_zero_failure_ends_every_rank_promptly(tmp_path):
+    # Launched like torchrun: one process per rank, so each exit status is visible here.
+    port = str(free_port())
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": "0"}
+        env["LOCAL_RANK"] = str(rank)
+        command = [sys.executable, str(DDP_SCRIPT), str(tmp_path), "fail", "pytorch_lightning"]
+        with open(tmp_path / f"rank{rank}.log", "w") as log:
+            procs.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=log))
+    start = time.monotonic()
+    try:
+        codes = [proc.wait(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    elapsed = time.monotonic() - start
+
+    assert all(code != 0 for code in codes), codes
+    assert elapsed < 60
+    assert "ParityError" in (tmp_path / "rank0.error").read_text()
+    assert "global rank 0 failed" in (tmp_path / "rank1.error").read_text()
+    assert not (tmp_path / "model.onnx").exists()
