@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from onnxport.config import ExportConfig
 from onnxport.errors import ConfigError, ExportError, UnsupportedOperatorError
-from onnxport.inputs import ModelInputs, flatten_outputs, resolve_dynamic_axes
+from onnxport.inputs import ModelInputs, flatten_outputs, forward_signature, resolve_dynamic_axes
 
 TWO_GB = 2**31
 # The dynamo exporter builds opset 18 graphs and converts them with onnxscript's
@@ -56,8 +58,6 @@ def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: Expo
     the model, recording why. A dynamic axis the model specialises is an error in
     every mode: the fallback would only hide it.
     """
-    import torch
-
     path = Path(path)
     candidates, forced_reason = _candidates(model, config)
 
@@ -85,14 +85,16 @@ def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: Expo
     )
     traced = _grow_unit_axes(inputs, dynamic_axes)
 
+    target, traced = _exportable(model, traced)
+
     failures: list[tuple[str, BaseException]] = []
     for exporter in candidates:
         try:
             with preserved_state(model):
                 if exporter == "dynamo":
-                    _export_dynamo(model, traced, path, config, output_names, dynamic_axes, external)
+                    _export_dynamo(target, traced, path, config, output_names, dynamic_axes, external)
                 else:
-                    _export_torchscript(model, traced, path, config, output_names, dynamic_axes)
+                    _export_torchscript(target, traced, path, config, output_names, dynamic_axes)
         except ConfigError:
             raise
         except Exception as error:
@@ -110,8 +112,6 @@ def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: Expo
 
 
 def _candidates(model: Any, config: ExportConfig) -> tuple[list[str], str | None]:
-    import torch
-
     requested = config.exporter
     if isinstance(model, torch.jit.ScriptModule):
         if requested == "dynamo":
@@ -163,8 +163,6 @@ def _export_dynamo(
     dynamic_axes: dict[str, dict[int, str]],
     external: bool,
 ) -> None:
-    import torch
-
     is_program = isinstance(model, torch.export.ExportedProgram)
     with _quiet():
         program = torch.onnx.export(
@@ -175,7 +173,7 @@ def _export_dynamo(
             opset_version=config.opset,
             input_names=inputs.names,
             output_names=output_names,
-            dynamic_shapes=None if is_program else _dynamic_shapes(inputs, dynamic_axes),
+            dynamic_shapes=None if is_program else _dynamic_shapes(model, inputs, dynamic_axes),
             external_data=external,
             optimize=True,
             verbose=False,
@@ -191,8 +189,6 @@ def _export_torchscript(
     output_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
 ) -> None:
-    import torch
-
     # TorchScript reads a trailing dict argument as keyword arguments; binding
     # everything positionally, plus an empty trailing dict, keeps dicts as values.
     args = (*inputs.args, *inputs.kwargs.values())
@@ -212,22 +208,76 @@ def _export_torchscript(
         )
 
 
-def _dynamic_shapes(inputs: ModelInputs, dynamic_axes: dict[str, dict[int, str]]) -> dict[str, Any]:
-    """torch.onnx's ``{name: {axis: name}}`` as torch.export ``dynamic_shapes`` keyed like the kwargs.
+def _exportable(model: Any, inputs: ModelInputs) -> tuple[Any, ModelInputs]:
+    """The module to hand to torch.onnx, and its inputs.
+
+    torch.export cannot attach dynamic shapes to values collected by ``**kwargs``
+    and TorchScript cannot pass them at all, so such a model is called through
+    :class:`_KeywordsAsPositional`.
+    """
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return model, inputs
+    parameters = forward_signature(model).parameters.values()
+    named = {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    if all(key in named for key in inputs.kwargs):
+        return model, inputs
+    adapter = _KeywordsAsPositional(model, len(inputs.args), list(inputs.kwargs))
+    positional = ModelInputs((*inputs.args, *inputs.kwargs.values()), {}, inputs.names, inputs.specs)
+    return adapter, positional
+
+
+class _KeywordsAsPositional(torch.nn.Module):
+    """Calls ``model(*values[:n], **dict(zip(keys, values[n:])))``.
+
+    It shares the model's parameter, buffer and submodule registries instead of
+    holding the model as a submodule, so initializer names carry no prefix.
+    """
+
+    def __init__(self, model: torch.nn.Module, positional: int, keys: list[str]) -> None:
+        super().__init__()
+        self._parameters = model._parameters
+        self._buffers = model._buffers
+        self._modules = model._modules
+        object.__setattr__(self, "wrapped", model)  # not registered: that would prefix names
+        self.positional = positional
+        self.keys = keys
+
+    def forward(self, *values: Any) -> Any:
+        n = self.positional
+        return self.wrapped(*values[:n], **dict(zip(self.keys, values[n:], strict=True)))
+
+
+def _dynamic_shapes(
+    model: Any, inputs: ModelInputs, dynamic_axes: dict[str, dict[int, str]]
+) -> dict[str, Any]:
+    """torch.onnx's ``{name: {axis: name}}`` as torch.export ``dynamic_shapes``, keyed by parameter.
 
     Axis names are given as strings: torch.onnx turns them into ``Dim.DYNAMIC``
     (which errors when the model specialises the axis) and names the ONNX dims after them.
     """
-    import torch
+    import inspect
+
     from torch.utils._pytree import tree_flatten, tree_unflatten
 
     specs = iter(dynamic_axes.get(name) or None for name in inputs.names)
     leaves, tree = tree_flatten((inputs.args, inputs.kwargs))
     leaves = [next(specs) if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
     args, kwargs = tree_unflatten(leaves, tree)
-    if args:  # positional-only parameters: torch.export takes a tuple for those
-        return (*args, *kwargs.values())  # type: ignore[return-value]
-    return kwargs
+
+    parameters = list(forward_signature(model).parameters.values())
+    by_kind = {p.kind: p.name for p in parameters}
+    shapes: dict[str, Any] = {}
+    positional = [p.name for p in parameters if p.kind == inspect.Parameter.POSITIONAL_ONLY]
+    shapes.update(zip(positional, args, strict=False))
+    if len(args) > len(positional):
+        shapes[by_kind[inspect.Parameter.VAR_POSITIONAL]] = tuple(args[len(positional) :])
+    named = {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    for key, spec in kwargs.items():
+        if key in named:
+            shapes[key] = spec
+        else:  # an extra keyword collected by **kwargs: torch.export nests it under that name
+            shapes.setdefault(by_kind[inspect.Parameter.VAR_KEYWORD], {})[key] = spec
+    return shapes
 
 
 def _grow_unit_axes(inputs: ModelInputs, dynamic_axes: dict[str, dict[int, str]]) -> ModelInputs:
@@ -250,8 +300,6 @@ def _state_bytes(model: Any) -> int:
 @contextlib.contextmanager
 def preserved_state(model: Any) -> Iterator[None]:
     """Export in eval mode and give the caller back every submodule's training flag and grad flags."""
-    import torch
-
     if not isinstance(model, torch.nn.Module):
         yield
         return
@@ -368,7 +416,7 @@ def _unsupported_operator(error: BaseException) -> str | None:
         namespace, _, name = match.group(1).partition(".")
         return f"{namespace}::{name}"
     if type(error).__name__ == "UnsupportedOperatorError":  # TorchScript: 'aten::foo' or namespace ns::op
-        match = re.search(r"(\w+::[\w.]+)", text)
+        match = re.search(r"(\w+::\w+(?:\.\w+)*)", text)
         return match.group(1) if match else None
     return None
 

@@ -111,7 +111,7 @@ def prepare_inputs(model: Any, example_inputs: Any, config: ExportConfig) -> Mod
             f"example inputs {_describe(example_inputs)} do not fit forward{signature}: {error}",
             fix="pass one value per forward parameter (a tuple for several, a dict keyed by name)",
         ) from None
-    args, kwargs = _normalise(bound)
+    args, kwargs = _normalise(bound, model)
 
     device, dtype = model_device_and_dtype(model)
     args, kwargs = _move((args, kwargs), device, dtype)
@@ -208,12 +208,20 @@ def _split(example: Any, signature: inspect.Signature) -> tuple[tuple, dict]:
     return (example,), {}
 
 
-def _normalise(bound: inspect.BoundArguments) -> tuple[tuple, dict]:
+def _normalise(bound: inspect.BoundArguments, model: Any) -> tuple[tuple, dict]:
     """Positional-only and ``*args`` stay positional; the rest become keywords in signature order.
 
     Keywords avoid torch.onnx reading a trailing dict argument as keyword
     arguments, and signature order keeps the graph inputs in ``forward``'s order.
+    An ExportedProgram only accepts the positional/keyword split it was exported with.
     """
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        args_spec, kwargs_spec = model.call_spec.in_spec.children_specs
+        values = list(bound.arguments.values())
+        keywords = list(kwargs_spec.context or [])
+        return tuple(values[: args_spec.num_children]), {k: bound.arguments[k] for k in keywords}
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     for name, value in bound.arguments.items():
@@ -244,8 +252,11 @@ def _move(tree: Any, device: torch.device, dtype: torch.dtype) -> Any:
 
 
 def _named_leaves(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[list, list[str]]:
+    # positional values fill the parameters in order (an ExportedProgram passes them all positionally)
     positional_names = [
-        p.name for p in signature.parameters.values() if p.kind == inspect.Parameter.POSITIONAL_ONLY
+        p.name
+        for p in signature.parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     pairs: list[tuple[str, Any]] = []
     for index, value in enumerate(args):

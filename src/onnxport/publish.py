@@ -121,7 +121,7 @@ def finalize(
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
                 location=f"{staged.name}.data",  # relative: the pair can be moved together
-                size_threshold=1024,
+                size_threshold=0,  # always means every tensor, however small
             )
         else:
             onnx.save_model(model, str(staged))
