@@ -1,0 +1,192 @@
+"""`onnxport export` / `validate` and the command dispatcher, on a tmp project with a real conf/.
+
+Exit codes and the one-line stderr are checked through the installed console script; the rest
+calls the work function (`export_from_config`) or `main()` in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from onnxport.cli import compose_config, export_from_config, main
+
+ONNXPORT = str(Path(sys.executable).with_name("onnxport"))
+
+CONFIG = """\
+defaults:
+  - export: default
+  - _self_
+model:
+  _target_: torch.nn.Linear
+  in_features: 4
+  out_features: 3
+checkpoint: weights.pt
+output: models/model.onnx
+"""
+
+EXPORT = """\
+defaults:
+  - /onnxport/export_schema@_here_
+  - _self_
+opset: 18
+inputs:
+  - name: input
+    shape: [2, 4]
+validation:
+  latency_runs: 0
+"""
+
+
+def _write_project(root: Path) -> Path:
+    (root / "conf" / "export").mkdir(parents=True)
+    (root / "conf" / "config.yaml").write_text(CONFIG)
+    (root / "conf" / "export" / "default.yaml").write_text(EXPORT)
+    torch.manual_seed(0)
+    torch.save(torch.nn.Linear(4, 3).state_dict(), root / "weights.pt")
+    return root
+
+
+def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "DVC_STAGE")}
+    return subprocess.run(
+        [ONNXPORT, *args], cwd=cwd, capture_output=True, text=True, env={**environment, **env}, timeout=300
+    )
+
+
+def listing(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_project(tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture(scope="module")
+def exported(project: Path) -> subprocess.CompletedProcess[str]:
+    """One real `onnxport export --config-dir conf`, as the DVC stage runs it."""
+    return run_cli("export", "--config-dir", "conf", cwd=project)
+
+
+@pytest.mark.slow
+def test_export_stage_writes_model_and_report_without_hydra_dirs(project, exported):
+    assert exported.returncode == 0, exported.stderr
+    assert (project / "models" / "model.onnx").is_file()
+    report = json.loads((project / "models" / "model.validation.json").read_text())
+    assert report["passed"] == 1
+    assert "onnxport: wrote" in exported.stdout and "validation passed" in exported.stdout
+    # A DVC stage must not leave Hydra's run directories or logs behind.
+    assert not {"outputs", ".hydra", "multirun", "cli.log"} & {p.name for p in project.iterdir()}
+    assert exported.stderr == ""
+
+
+@pytest.mark.slow
+def test_export_from_config_is_the_work_function(project, tmp_path, monkeypatch):
+    monkeypatch.chdir(project)
+    output = tmp_path / "direct.onnx"
+    cfg = compose_config("conf", "config", [f"output={output}", "export.opset=17"])
+    result = export_from_config(cfg)
+    assert result.path == output and output.is_file()
+    assert result.config.opset == 17
+    assert result.validation is not None and result.validation.passed
+
+
+def test_cfg_job_prints_the_composed_config_and_writes_nothing(project):
+    before = listing(project)
+    shown = run_cli("export", "--cfg", "job", "export.opset=17", cwd=project)
+    assert shown.returncode == 0, shown.stderr
+    assert "opset: 17" in shown.stdout and "_target_: torch.nn.Linear" in shown.stdout
+    assert listing(project) == before
+
+
+@pytest.mark.slow
+def test_multirun_exports_one_file_per_opset(tmp_path):
+    project = _write_project(tmp_path)
+    swept = run_cli(
+        "export", "-m", "export.opset=17,18", "output=models/model_${export.opset}.onnx", cwd=project
+    )
+    assert swept.returncode == 0, swept.stderr
+    import onnx
+
+    for opset in (17, 18):
+        model = onnx.load(str(project / "models" / f"model_{opset}.onnx"))
+        assert {o.domain: o.version for o in model.opset_import}[""] == opset
+
+
+BAD_INPUTS = {
+    "missing checkpoint": (["checkpoint=missing.pt"], "missing.pt does not exist"),
+    "target does not import": (
+        ["model._target_=nowhere.Net"],
+        "model._target_='nowhere.Net' cannot be imported",
+    ),
+    "keys do not match": (
+        [
+            "model._target_=torch.nn.GRUCell",
+            "~model.in_features",
+            "~model.out_features",
+            "+model.input_size=4",
+            "+model.hidden_size=3",
+        ],
+        "4 missing (first: 'bias_hh'), 2 unexpected (first: 'bias')",
+    ),
+    "unknown key": (["export.opsett=17"], "Could not override 'export.opsett'"),
+    "opset not an int": (["export.opset=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
+}
+
+
+@pytest.mark.parametrize("overrides, expected", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, overrides, expected):
+    project = _write_project(tmp_path)
+    before = listing(project)
+    failed = run_cli("export", *overrides, cwd=project)
+    assert failed.returncode == 2, failed.stderr
+    assert failed.stdout == ""
+    assert len(failed.stderr.splitlines()) == 1, failed.stderr
+    assert failed.stderr.startswith("onnxport export: error: ")
+    assert expected in failed.stderr
+    assert listing(project) == before
+
+
+def test_hydra_full_error_shows_the_traceback(project):
+    failed = run_cli("export", "export.opset=abc", cwd=project, HYDRA_FULL_ERROR="1")
+    assert failed.returncode != 0
+    assert "Traceback" in failed.stderr
+
+
+@pytest.mark.slow
+def test_validate_rechecks_a_file_and_writes_the_report(project, exported, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    report = project / "revalidated.json"
+    assert main(["validate", "models/model.onnx", "--checkpoint", "weights.pt", "--report", str(report)]) == 0
+    assert "validation passed" in capsys.readouterr().out
+    assert json.loads(report.read_text())["passed"] == 1
+
+
+@pytest.mark.slow
+def test_validate_against_other_weights_fails_with_exit_1(project, exported, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    torch.manual_seed(123)
+    other = tmp_path / "other.pt"
+    torch.save(torch.nn.Linear(4, 3).state_dict(), other)
+    report = tmp_path / "report.json"
+    status = main(["validate", "models/model.onnx", "--checkpoint", str(other), "--report", str(report)])
+    assert status == 1
+    captured = capsys.readouterr()
+    assert "validation FAILED" in captured.out
+    assert captured.err.startswith("onnxport validate: error: ") and len(captured.err.splitlines()) == 1
+    assert json.loads(report.read_text())["passed"] == 0
+
+
+def test_unknown_command_and_no_command_exit_2(capsys):
+    assert main(["exprot"]) == 2
+    assert "unknown command 'exprot'" in capsys.readouterr().err
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    assert "onnxport inspect FILE" in capsys.readouterr().out
