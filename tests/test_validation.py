@@ -25,6 +25,12 @@ from onnxport.errors import (
     ValidationError,
 )
 
+# TorchScript exports on purpose (fast, and it bakes Python ints in): its deprecation is noise here.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export"),
+    pytest.mark.filterwarnings("ignore:The feature will be removed"),
+]
+
 
 def torchscript_export(model, args, path, names, outputs=("output",), dynamic=None, kwargs=None):
     """The TorchScript exporter: fast, and it bakes Python ints in, which these tests need."""

@@ -40,7 +40,7 @@ from onnxport.errors import (
     SignatureMismatchError,
 )
 from onnxport.exporters import preserved_state
-from onnxport.inputs import ModelInputs, flatten_outputs, prepare_inputs
+from onnxport.inputs import ModelInputs, flatten_outputs, generate_inputs, prepare_inputs
 from onnxport.parity import compare, first_divergence
 from onnxport.provenance import run_context
 from onnxport.report import CaseResult, ValidationReport
@@ -270,47 +270,35 @@ def _generated_cases(example: ModelInputs, axes: _Axes, settings: ValidationConf
         matrix.append(largest)
     cases = []
     for number, sizes in enumerate(matrix, start=1):
-        generator = torch.Generator().manual_seed(settings.seed + number)
-        cases.append(_Case(_label(sizes), sizes, _random_inputs(example, axes, sizes, generator)))
+        inputs = _random_inputs(example, axes, sizes, seed=settings.seed + number)
+        cases.append(_Case(_label(sizes), sizes, inputs))
     return cases
 
 
-def _random_inputs(
-    example: ModelInputs,
-    axes: _Axes,
-    sizes: dict[str, int],
-    generator: torch.Generator,
-) -> ModelInputs:
-    shapes = [list(tensor.shape) for tensor in example.tensors()]
+def _random_inputs(example: ModelInputs, axes: _Axes, sizes: dict[str, int], seed: int) -> ModelInputs:
+    """Seeded inputs like ``example`` with the dynamic axes resized, from ``inputs.generate_inputs``."""
+    tensors = example.tensors()
+    resized: dict[str, dict[int, int]] = {}
     for symbol, where in axes.positions.items():
         for index, axis in where:
-            shapes[index][axis] = sizes[symbol]
-    tensors = [
-        _random_like(tensor, shape, example.specs.get(name), generator)
-        for tensor, shape, name in zip(example.tensors(), shapes, example.names, strict=True)
+            resized.setdefault(example.names[index], {})[axis] = sizes[symbol]
+    specs = [
+        _spec_like(name, tensor, example.specs.get(name))
+        for name, tensor in zip(example.names, tensors, strict=True)
     ]
-    return example.with_tensors(tensors)
+    generated = generate_inputs(specs, seed, resized)
+    return example.with_tensors(
+        [generated[name].to(tensor.device) for name, tensor in zip(example.names, tensors, strict=True)]
+    )
 
 
-def _random_like(
-    example: torch.Tensor, shape: list[int], spec: Optional[InputSpec], generator: torch.Generator
-) -> torch.Tensor:
-    """Seeded values of ``example``'s dtype: integers in the spec's [low, high) or the example's range."""
-    low = spec.low if spec is not None else None
-    high = spec.high if spec is not None else None
-    if example.dtype == torch.bool:
-        values = torch.randint(0, 2, shape, generator=generator).bool()
-    elif not example.dtype.is_floating_point and not example.dtype.is_complex:
-        if low is None:
-            low = example.min().item() if example.numel() else 0
-        if high is None:
-            high = example.max().item() + 1 if example.numel() else 10
-        values = torch.randint(int(low), max(int(high), int(low) + 1), shape, generator=generator)
-    elif low is not None and high is not None:
-        values = torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low) + low
-    else:
-        values = torch.randn(shape, generator=generator, dtype=torch.float64)
-    return values.to(dtype=example.dtype, device=example.device)
+def _spec_like(name: str, tensor: torch.Tensor, spec: Optional[InputSpec]) -> InputSpec:
+    """The example's shape and dtype; the configured value range, else integers stay in the example's."""
+    low, high = (spec.low, spec.high) if spec is not None else (None, None)
+    integer = not tensor.is_floating_point() and tensor.dtype != torch.bool
+    if integer and low is None and high is None and tensor.numel():
+        low, high = tensor.min().item(), tensor.max().item() + 1
+    return InputSpec(name, list(tensor.shape), str(tensor.dtype).removeprefix("torch."), low, high)
 
 
 def _label(sizes: dict[str, int]) -> str:
