@@ -137,10 +137,13 @@ def forward_signature(model: Any) -> inspect.Signature:
     """The signature of what ``model(...)`` calls (``forward`` for modules)."""
     target = _callable(model)
     forward = getattr(target, "forward", target)
-    try:
-        return inspect.signature(forward)
-    except (TypeError, ValueError):
-        pass
+    for eval_str in (True, False):  # resolved annotations read better in error messages
+        try:
+            return inspect.signature(forward, eval_str=eval_str)
+        except (TypeError, ValueError):
+            break
+        except Exception:  # an annotation that does not resolve at runtime
+            continue
     schema = getattr(forward, "schema", None)
     if schema is not None:  # traced ScriptModules have a schema but no Python signature
         return inspect.Signature(

@@ -1,0 +1,261 @@
+"""Example inputs: binding to forward, naming, device/dtype moves, output names, dynamic axes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import DictOutput, TinyMLP, TokenClassifier, TwoInputs
+from onnxport.config import ExportConfig, InputSpec
+from onnxport.errors import ConfigError, InputError
+from onnxport.inputs import (
+    ModelInputs,
+    flatten_outputs,
+    generate_inputs,
+    prepare_inputs,
+    resolve_dynamic_axes,
+)
+
+
+class OneDict(nn.Module):
+    """forward takes one dict, as many batch-dict models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 2)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.proj(batch["features"]) * batch["mask"]
+
+
+class AnyKeywords(nn.Module):
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return inputs["a"] + inputs["b"]
+
+
+class WithExampleArray(TinyMLP):
+    def __init__(self) -> None:
+        super().__init__()
+        self.example_input_array = torch.ones(3, 4)
+
+
+def prepare(model, example, **options) -> ModelInputs:
+    return prepare_inputs(model, example, ExportConfig.coerce(None, **options))
+
+
+# -- binding and naming ---------------------------------------------------------------------
+
+
+def test_a_tensor_is_named_after_the_forward_parameter(mlp, mlp_input):
+    inputs = prepare(mlp, mlp_input)
+    assert inputs.names == ["x"]
+    assert inputs.tensors()[0].data_ptr() == mlp_input.data_ptr()  # same dtype and device: no copy
+    torch.testing.assert_close(inputs.call(mlp), mlp(mlp_input))
+
+
+def test_a_tuple_fills_parameters_in_order():
+    x, y = torch.randn(2, 4), torch.randn(2, 4)
+    inputs = prepare(TwoInputs(), (x, y))
+    assert inputs.names == ["x", "y"]
+    assert [t.data_ptr() for t in inputs.tensors()] == [x.data_ptr(), y.data_ptr()]
+
+
+def test_a_dict_keyed_by_parameter_names_is_keyword_arguments_in_signature_order():
+    x, y = torch.randn(2, 4), torch.randn(2, 4)
+    inputs = prepare(TwoInputs(), {"y": y, "x": x})
+    assert inputs.names == ["x", "y"]
+    assert inputs.tensors()[0].data_ptr() == x.data_ptr()
+
+
+def test_a_dict_for_a_forward_taking_one_dict_is_that_argument_named_by_its_keys():
+    batch = {"features": torch.randn(2, 4), "mask": torch.ones(2, 2)}
+    model = OneDict()
+    inputs = prepare(model, batch)
+    assert inputs.names == ["features", "mask"]
+    torch.testing.assert_close(inputs.call(model), model(batch))
+
+
+def test_a_dict_for_forward_kwargs_is_named_by_its_keys():
+    inputs = prepare(AnyKeywords(), {"b": torch.ones(2), "a": torch.zeros(2)})
+    assert inputs.names == ["b", "a"]
+    torch.testing.assert_close(inputs.call(AnyKeywords()), torch.ones(2))
+
+
+def test_inputs_that_do_not_fit_forward_show_its_signature(mlp):
+    with pytest.raises(InputError, match=r"do not fit forward\(x: torch.Tensor\) -> torch.Tensor") as error:
+        prepare(mlp, (torch.randn(2, 4), torch.randn(2, 4)))
+    assert "too many positional arguments" in str(error.value)
+    with pytest.raises(InputError, match=r"forward\(x: torch.Tensor, y: torch.Tensor\)"):
+        prepare(TwoInputs(), {"x": torch.randn(2, 4)})
+
+
+def test_inputs_without_a_tensor_are_refused(mlp):
+    with pytest.raises(InputError, match="contain no tensor"):
+        prepare(mlp, 3.0)
+
+
+def test_input_names_from_the_config_replace_derived_names_one_for_one():
+    inputs = prepare(TwoInputs(), (torch.randn(2, 4), torch.randn(2, 4)), input_names=["left", "right"])
+    assert inputs.names == ["left", "right"]
+    with pytest.raises(ConfigError, match=r"has 1 names but the example inputs have 2 tensors \(x, y\)"):
+        prepare(TwoInputs(), (torch.randn(2, 4), torch.randn(2, 4)), input_names=["only"])
+
+
+# -- where inputs come from when none are given ---------------------------------------------
+
+
+def test_no_inputs_uses_the_lightning_style_example_input_array():
+    inputs = prepare(WithExampleArray(), None)
+    assert inputs.names == ["x"]
+    assert inputs.tensors()[0].shape == (3, 4)
+
+
+def test_no_inputs_uses_the_config_spec_with_integer_ranges():
+    spec = {"name": "input_ids", "shape": [2, 7], "dtype": "int64", "low": 0, "high": 50}
+    inputs = prepare(TokenClassifier(), None, inputs=[spec])
+    (ids,) = inputs.tensors()
+    assert inputs.names == ["input_ids"]
+    assert ids.dtype == torch.int64 and ids.shape == (2, 7)
+    assert int(ids.min()) >= 0 and int(ids.max()) < 50
+    assert inputs.specs["input_ids"].high == 50
+
+
+def test_no_inputs_anywhere_is_a_clear_error(mlp):
+    with pytest.raises(InputError, match="no example inputs for TinyMLP") as error:
+        prepare(mlp, None)
+    assert "export.inputs" in error.value.fix
+
+
+# -- device and dtype -----------------------------------------------------------------------
+
+
+def test_floating_inputs_move_to_the_model_dtype_and_integers_keep_theirs():
+    model = nn.Embedding(10, 3).double()
+    inputs = prepare(TwoInputsAnyDtype(model), (torch.randn(2, 3), torch.tensor([[1, 2, 3], [4, 5, 6]])))
+    floats, ints = inputs.tensors()
+    assert floats.dtype == torch.float64
+    assert ints.dtype == torch.int64
+
+
+class TwoInputsAnyDtype(nn.Module):
+    def __init__(self, embed: nn.Module) -> None:
+        super().__init__()
+        self.embed = embed
+
+    def forward(self, scale: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(ids) * scale
+
+
+def test_inputs_move_to_the_model_device():
+    model = TinyMLP().to("meta")  # a real second device on a CPU-only machine
+    inputs = prepare(model, torch.randn(2, 4))
+    assert inputs.tensors()[0].device.type == "meta"
+
+
+# -- ModelInputs ----------------------------------------------------------------------------
+
+
+def test_feed_and_with_tensors_keep_names_and_structure():
+    batch = {"features": torch.randn(2, 4), "mask": torch.ones(2, 2)}
+    inputs = prepare(OneDict(), batch)
+    feed = inputs.feed()
+    assert list(feed) == ["features", "mask"] and feed["features"].shape == (2, 4)
+
+    bigger = inputs.with_tensors([torch.randn(5, 4), torch.ones(5, 2)])
+    assert bigger.names == inputs.names
+    assert bigger.call(OneDict()).shape == (5, 2)
+    assert inputs.tensors()[0].shape == (2, 4)  # the original is untouched
+
+
+# -- output names ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Prediction:
+    logits: torch.Tensor
+    hidden: tuple[torch.Tensor, ...]
+    loss: torch.Tensor | None = None
+
+
+class Pair(NamedTuple):
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def test_output_names_follow_the_output_structure():
+    t = torch.zeros(1)
+    assert [n for n, _ in flatten_outputs(t)] == ["output"]
+    assert [n for n, _ in flatten_outputs((t, t))] == ["output_0", "output_1"]
+    assert [n for n, _ in flatten_outputs(DictOutput()(torch.randn(2, 4)))] == [
+        "logits",
+        "extra.probs",
+        "extra.norm",
+    ]
+    assert [n for n, _ in flatten_outputs(Prediction(t, (t, t)))] == ["logits", "hidden.0", "hidden.1"]
+    assert [n for n, _ in flatten_outputs(Pair(t, t))] == ["mean", "std"]
+    assert [n for n, _ in flatten_outputs((t, {"a": t, "b": None}, 3))] == ["output_0", "output_1.a"]
+
+
+# -- dynamic axes ---------------------------------------------------------------------------
+
+
+def test_dynamic_batch_makes_axis_zero_of_inputs_and_batch_sized_outputs_dynamic():
+    model = TwoInputs()
+    inputs = prepare(model, (torch.randn(3, 4), torch.randn(3, 4)))
+    outputs = [torch.zeros(3, 4), torch.zeros(4)]  # the second output's axis 0 is not the batch
+    axes = resolve_dynamic_axes(inputs, ["sum", "dot"], ExportConfig(), outputs)
+    assert axes == {"x": {0: "batch"}, "y": {0: "batch"}, "sum": {0: "batch"}}
+
+
+def test_dynamic_axes_override_per_name_with_string_axis_keys_as_from_yaml():
+    inputs = prepare(TwoInputs(), (torch.randn(3, 4), torch.randn(3, 4)))
+    config = ExportConfig.coerce(None, dynamic_axes={"x": {"0": "n", "1": "features"}, "y": {}})
+    axes = resolve_dynamic_axes(inputs, ["output_0", "output_1"], config)
+    assert axes["x"] == {0: "n", 1: "features"}
+    assert "y" not in axes  # {} makes y static
+    assert axes["output_0"] == {0: "batch"}
+
+
+def test_dynamic_batch_off_and_the_list_form():
+    inputs = prepare(TinyMLP(), torch.randn(3, 4))
+    config = ExportConfig.coerce(None, dynamic_batch=False, dynamic_axes={"x": [1]})
+    assert resolve_dynamic_axes(inputs, ["output"], config) == {"x": {1: "x_dim_1"}}
+
+
+def test_dynamic_axes_for_an_unknown_name_or_axis_are_config_errors():
+    inputs = prepare(TinyMLP(), torch.randn(3, 4))
+    with pytest.raises(ConfigError, match=r"names 'image'.*inputs: x; outputs: output"):
+        resolve_dynamic_axes(inputs, ["output"], ExportConfig.coerce(None, dynamic_axes={"image": {0: "b"}}))
+    with pytest.raises(ConfigError, match="has axis 2 but x has 2 dimensions"):
+        resolve_dynamic_axes(inputs, ["output"], ExportConfig.coerce(None, dynamic_axes={"x": {2: "b"}}))
+
+
+# -- generated inputs -----------------------------------------------------------------------
+
+
+def test_generated_inputs_are_seeded_ranged_and_resizable():
+    specs = [
+        InputSpec(name="image", shape=[2, 1, 8, 8]),
+        InputSpec(name="ids", shape=[2, 5], dtype="int32", low=3, high=6),
+        InputSpec(name="weight", shape=[2], dtype="float16", low=-1.0, high=1.0),
+    ]
+    first = generate_inputs(specs, seed=7)
+    again = generate_inputs(specs, seed=7)
+    other = generate_inputs(specs, seed=8)
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not torch.equal(first["image"], other["image"])
+    assert first["ids"].dtype == torch.int32
+    assert set(first["ids"].unique().tolist()) <= {3, 4, 5}
+    assert first["weight"].dtype == torch.float16 and float(first["weight"].abs().max()) <= 1.0
+
+    resized = generate_inputs(specs, seed=7, sizes={"image": {0: 5, 2: 4}})
+    assert resized["image"].shape == (5, 1, 4, 8)
+
+
+def test_an_empty_integer_range_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"export.inputs\[ids\] has low=5 >= high=5"):
+        generate_inputs([InputSpec(name="ids", shape=[2], dtype="int64", low=5, high=5)], seed=0)
