@@ -64,6 +64,7 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
             if key.startswith(PROVENANCE_PREFIX)
         },
         "metadata": {k: v for k, v in sorted(metadata.items()) if not k.startswith(PROVENANCE_PREFIX)},
+        "validation": _validation_report(path),
     }
 
 
@@ -95,7 +96,30 @@ def format_report(info: dict[str, Any]) -> str:
                 lines.append(f"  {key:<{width}}  {shown}")
     if not info["provenance"]:
         lines.append("provenance: none (not written by onnxport)")
+    validation = info["validation"]
+    if validation is not None:
+        verdict = "passed" if validation["passed"] else "FAILED"
+        run = validation["run"]
+        git = run.get("git_commit")
+        dirty = " (dirty)" if run.get("git_dirty") else ""
+        lines.append(f"validation: {verdict} ({validation['path']})" + (f"; git {git}{dirty}" if git else ""))
     return "\n".join(lines)
+
+
+def _validation_report(path: Path) -> dict[str, Any] | None:
+    """Verdict and run context (git commit, host) from the report export wrote beside the file.
+
+    The git commit is kept out of the ONNX file on purpose (same model, same bytes), so this is
+    where it is found.
+    """
+    report = path.with_name(f"{path.stem}.validation.json")
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {"path": str(report), "passed": bool(data.get("passed")), "run": data.get("run", {})}
 
 
 def _not_onnx(path: Path, reason: object) -> InputError:

@@ -1,0 +1,119 @@
+"""`onnxport inspect`: signature, opset, sizes, operators and provenance, without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import onnxport
+from conftest import TinyMLP
+from onnxport.errors import InputError
+from onnxport.inspection import format_report, inspect_model
+
+ONNXPORT = str(Path(sys.executable).with_name("onnxport"))
+MLP_WEIGHT_BYTES = 4 * (4 * 8 + 8 + 8 * 3 + 3)  # float32 fc1 + fc2
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TinyMLP exported by onnxport, weights in an external .data file, report beside it."""
+    torch.manual_seed(0)
+    output = tmp_path_factory.mktemp("inspect") / "mlp.onnx"
+    onnxport.export(
+        TinyMLP().eval(),
+        torch.randn(2, 4),
+        output,
+        opset=17,
+        external_data="always",
+        checkpoint_sha256="ab" * 32,
+        validation={"latency_runs": 0},
+    )
+    return output
+
+
+def test_signature_shows_dtypes_and_dynamic_dims_by_name(exported):
+    info = inspect_model(exported)
+    assert info["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}]
+    assert info["outputs"] == [{"name": "output", "dtype": "float32", "shape": ["batch", 3]}]
+    assert info["opset"]["ai.onnx"] == 17
+
+
+def test_sizes_count_external_weights_without_loading_them(exported):
+    info = inspect_model(exported)
+    assert info["external_data"] == ["mlp.onnx.data"]
+    assert info["weights"] == {"count": 4, "bytes": MLP_WEIGHT_BYTES}
+    assert info["external_data_bytes"] == (exported.parent / "mlp.onnx.data").stat().st_size
+    assert info["file_bytes"] == exported.stat().st_size
+
+
+def test_operator_histogram_counts_every_node(exported):
+    info = inspect_model(exported)
+    assert info["operators"].get("Relu") == 1
+    assert sum(info["operators"].values()) == info["nodes"] >= 3
+
+
+def test_provenance_is_read_back_from_metadata(exported):
+    info = inspect_model(exported)
+    provenance = info["provenance"]
+    assert provenance["config"]["opset"] == 17  # the JSON config comes back as data
+    assert provenance["checkpoint_sha256"] == "ab" * 32
+    assert provenance["exporter"] in ("dynamo", "torchscript")
+    assert provenance["torch_version"] == torch.__version__
+    assert info["validation"]["passed"] is True
+    assert "git_commit" in info["validation"]["run"]
+
+
+def test_text_report_lists_signature_operators_and_provenance(exported):
+    text = format_report(inspect_model(exported))
+    assert "x  float32  [batch, 4]" in text
+    assert "Relu" in text
+    assert "checkpoint_sha256" in text
+    assert "validation: passed" in text
+
+
+def test_cli_answers_fast_without_importing_torch(exported):
+    script = (
+        "import sys, time, json\n"
+        "start = time.perf_counter()\n"
+        "from onnxport.cli import main\n"
+        f"status = main(['inspect', {str(exported)!r}, '--json'])\n"
+        "print(json.dumps({'status': status, 'seconds': time.perf_counter() - start,"
+        " 'torch': 'torch' in sys.modules}), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    timing = json.loads(done.stderr.splitlines()[-1])
+    assert timing["status"] == 0
+    assert timing["torch"] is False
+    assert timing["seconds"] < 1.5  # typically ~0.2 s; loose for a loaded CI machine
+    assert json.loads(done.stdout) == json.loads(json.dumps(inspect_model(exported)))
+
+
+def test_non_onnx_file_is_one_line_exit_2(tmp_path):
+    bogus = tmp_path / "weights.pt"
+    bogus.write_text("not a model\n")
+    before = sorted(tmp_path.iterdir())
+    done = subprocess.run([ONNXPORT, "inspect", str(bogus)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("onnxport inspect: error: ") and len(done.stderr.splitlines()) == 1
+    assert "is not an ONNX model" in done.stderr
+    assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07", b"hello world"], ids=["empty", "header only", "text"])
+def test_files_protobuf_accepts_are_still_not_onnx(tmp_path, content):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match="is not an ONNX model"):
+        inspect_model(path)
+
+
+def test_missing_file_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        inspect_model(tmp_path / "nope.onnx")
