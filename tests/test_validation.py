@@ -163,6 +163,18 @@ def test_every_axis_is_varied_alone_and_all_together(tmp_path):
     assert all(error.startswith("torch raised RuntimeError") for error in failed.values())
 
 
+def test_an_unnamed_dynamic_dim_is_varied_too(mlp_file, tmp_path):
+    model, x, source = mlp_file
+    proto = onnx.load(str(source))
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].Clear()  # dynamic, without a dim_param
+    onnx.save(proto, str(tmp_path / "unnamed.onnx"))
+
+    report = validate(tmp_path / "unnamed.onnx", model, x, validation={"latency_runs": 0})
+
+    assert [case.label for case in report.cases] == ["x_axis0=2", "x_axis0=1", "x_axis0=5"]
+
+
 def test_the_summary_is_a_table_with_marks_and_tolerances(mlp_file):
     model, x, path = mlp_file
 

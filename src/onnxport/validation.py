@@ -75,7 +75,8 @@ def validate(
 
     Returns:
         The :class:`ValidationReport`; ``report.passed`` is ``False`` only with
-        ``on_mismatch="warn"``.
+        ``on_mismatch="warn"``. Nothing is written: ``report.write_json(path)`` saves it.
+        ``validation.enabled`` is ``export``'s switch; called directly, this always validates.
 
     Raises:
         CheckerError, SessionError, SignatureMismatchError: the file is broken or does not fit.
@@ -252,7 +253,8 @@ def _dynamic_axes(graph_inputs: list[Any], example: ModelInputs) -> _Axes:
         for axis, dim in enumerate(meta.shape):
             if isinstance(dim, int):
                 continue
-            symbol = dim if isinstance(dim, str) and dim else f"{meta.name}.{axis}"
+            # unnamed dynamic dims get a name of their own (dots would nest the DVC metric keys)
+            symbol = dim if isinstance(dim, str) and dim else f"{meta.name}_axis{axis}"
             positions.setdefault(symbol, []).append((index, axis))
             export_sizes.setdefault(symbol, int(tensor.shape[axis]))
     return _Axes(positions, export_sizes)
@@ -331,9 +333,7 @@ def _run_case(
         return result
     for name, torch_value, ort_value in zip(output_names, expected, actual, strict=True):
         atol, rtol = tolerances[name]
-        result.outputs.append(
-            compare(name, torch_value.detach().cpu().numpy(), np.asarray(ort_value), atol, rtol)
-        )
+        result.outputs.append(compare(name, _numpy(torch_value), np.asarray(ort_value), atol, rtol))
     return result
 
 
@@ -349,6 +349,11 @@ def _localize(
             )
             return f"{divergence} at {case.label}" if divergence else None
     return None
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()  # numpy has no bfloat16
 
 
 def _flat_outputs(outputs: Any) -> list[torch.Tensor]:
