@@ -254,6 +254,21 @@ def test_nan_output_fails_and_says_nan_was_found(tmp_path):
         validate(path, model, x, validation={"latency_runs": 0})
 
 
+class MaskedLogits(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.masked_fill(x > 0, float("-inf"))
+
+
+def test_inf_where_both_sides_have_it_passes_and_is_counted(tmp_path):
+    model, x = MaskedLogits(), torch.randn(2, 4)
+    path = torchscript_export(model, (x,), tmp_path / "masked.onnx", ["x"])
+
+    report = validate(path, model, x, validation={"latency_runs": 0})
+
+    assert report.passed
+    assert report.to_dict()["outputs"]["output"]["batch=2"]["inf"] == 2 * int((x > 0).sum())
+
+
 @pytest.fixture
 def drifted(mlp_file):
     """The exported file against a copy of the model whose weights moved slightly after export."""

@@ -41,7 +41,7 @@ from onnxport.errors import (
 )
 from onnxport.exporters import preserved_state
 from onnxport.inputs import ModelInputs, flatten_outputs, generate_inputs, prepare_inputs
-from onnxport.parity import compare, first_divergence
+from onnxport.parity import compare, first_divergence, to_numpy
 from onnxport.provenance import run_context
 from onnxport.report import CaseResult, ValidationReport
 
@@ -333,7 +333,7 @@ def _run_case(
         return result
     for name, torch_value, ort_value in zip(output_names, expected, actual, strict=True):
         atol, rtol = tolerances[name]
-        result.outputs.append(compare(name, _numpy(torch_value), np.asarray(ort_value), atol, rtol))
+        result.outputs.append(compare(name, to_numpy(torch_value), np.asarray(ort_value), atol, rtol))
     return result
 
 
@@ -349,11 +349,6 @@ def _localize(
             )
             return f"{divergence} at {case.label}" if divergence else None
     return None
-
-
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    tensor = tensor.detach().cpu()
-    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()  # numpy has no bfloat16
 
 
 def _flat_outputs(outputs: Any) -> list[torch.Tensor]:
