@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from conftest import REPO_ROOT
-
 from onnxport.config import config_reference
 
 
