@@ -77,8 +77,10 @@ def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: Expo
             )
         output_names = list(config.output_names)
     dynamic_axes = resolve_dynamic_axes(inputs, output_names, config, [t for _, t in outputs])
+    axis_names = dynamic_axes
     if isinstance(model, torch.export.ExportedProgram):
-        # The program's shapes are fixed already; only axes the user named are checked.
+        # The program's shapes are fixed already: its symbolic dims get these names,
+        # and only the axes the user named are required to be dynamic.
         dynamic_axes = {name: axes for name, axes in dynamic_axes.items() if name in config.dynamic_axes}
     external = config.external_data == "always" or (
         config.external_data == "auto" and _state_bytes(model) >= TWO_GB
@@ -92,7 +94,7 @@ def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: Expo
         try:
             with preserved_state(model):
                 if exporter == "dynamo":
-                    _export_dynamo(target, traced, path, config, output_names, dynamic_axes, external)
+                    _export_dynamo(target, traced, path, config, output_names, axis_names, external)
                 else:
                     _export_torchscript(target, traced, path, config, output_names, dynamic_axes)
         except ConfigError:
@@ -178,7 +180,21 @@ def _export_dynamo(
             optimize=True,
             verbose=False,
         )
+        if is_program:
+            program.rename_axes(_symbol_names(program.model.graph.inputs, dynamic_axes))
         program.save(str(path), external_data=external)
+
+
+def _symbol_names(graph_inputs: Any, dynamic_axes: dict[str, dict[int, str]]) -> dict[str, str]:
+    """``{symbol: axis name}`` for the symbolic input dims torch.export named ``s0``, ``s77``, ..."""
+    mapping = {}
+    for value in graph_inputs:
+        shape = value.shape or ()
+        for axis, name in dynamic_axes.get(value.name, {}).items():
+            symbol = getattr(shape[axis], "value", None) if axis < len(shape) else None
+            if isinstance(symbol, str):
+                mapping[symbol] = name
+    return mapping
 
 
 def _export_torchscript(

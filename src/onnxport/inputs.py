@@ -221,7 +221,7 @@ def _normalise(bound: inspect.BoundArguments, model: Any) -> tuple[tuple, dict]:
     import torch
 
     if isinstance(model, torch.export.ExportedProgram):
-        args_spec, kwargs_spec = model.call_spec.in_spec.children_specs
+        args_spec, kwargs_spec = model.call_spec.in_spec.children()
         values = list(bound.arguments.values())
         keywords = list(kwargs_spec.context or [])
         return tuple(values[: args_spec.num_children]), {k: bound.arguments[k] for k in keywords}

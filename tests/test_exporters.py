@@ -1,0 +1,243 @@
+"""run_exporter: both torch.onnx exporters for real, auto fallback, opsets, dynamic axes, bad operators."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from conftest import TinyCNN, TinyMLP, run_onnx
+from onnxport.config import ExportConfig
+from onnxport.errors import ConfigError, ExportError, UnsupportedOperatorError
+from onnxport.exporters import preserved_state, run_exporter, supported_opsets
+from onnxport.inputs import prepare_inputs
+
+# -- operators for the fallback and unsupported-operator cases --------------------------------
+# Real torch.library ops: one only TorchScript can translate (a symbolic is registered),
+# one that no exporter can translate.
+
+
+@torch.library.custom_op("onnxport_tests::double", mutates_args=())
+def double(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+@double.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+torch.onnx.register_custom_op_symbolic(
+    "onnxport_tests::double",
+    lambda g, x: g.op("Mul", x, g.op("Constant", value_t=torch.tensor(2.0))),
+    9,
+)
+
+
+@torch.library.custom_op("onnxport_tests::mystery", mutates_args=())
+def mystery(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1)
+
+
+@mystery.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class Doubles(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return double(self.fc(x))
+
+
+class Mysterious(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mystery(x) + 1
+
+
+class FixedBatch(nn.Module):
+    """Specialises axis 0 to 2 whatever the exporter is told."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.ones(2, 4)
+
+
+class Keywords(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, **features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features["dense"]) * features["weight"]
+
+
+def export(model, example, path, **options):
+    config = ExportConfig.coerce(None, **options)
+    return run_exporter(model, prepare_inputs(model, example, config), path, config)
+
+
+def graph_dims(path) -> dict[str, list]:
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        for value in [*model.graph.input, *model.graph.output]
+    }
+
+
+def opset_of(path) -> int:
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+# -- both exporters -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_each_exporter_writes_a_batch_dynamic_file_that_matches_eager(tmp_path, exporter):
+    torch.manual_seed(0)
+    model = TinyMLP().eval()
+    path = tmp_path / "mlp.onnx"
+    # example batch of 1: traced at 1, the axis would be specialised away
+    run = export(model, torch.randn(1, 4), path, exporter=exporter)
+
+    assert run.exporter == exporter and run.fallback_reason is None
+    assert run.input_names == ["x"] and run.output_names == ["output"]
+    assert graph_dims(path) == {"x": ["batch", 4], "output": ["batch", 3]}
+    for batch in (1, 3):
+        x = torch.randn(batch, 4)
+        (got,) = run_onnx(path, {"x": x.numpy()})
+        np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_forward_kwargs_models_export_with_unprefixed_weights(tmp_path, exporter):
+    model = Keywords().eval()
+    example = {"dense": torch.randn(2, 4), "weight": torch.randn(2, 2)}
+    path = tmp_path / "kw.onnx"
+    run = export(model, example, path, exporter=exporter)
+    assert run.input_names == ["dense", "weight"]
+    initializers = {t.name for t in onnx.load(str(path)).graph.initializer}
+    assert {"fc.weight", "fc.bias"} <= initializers
+    feed = {"dense": np.ones((3, 4), np.float32), "weight": np.full((3, 2), 2, np.float32)}
+    (got,) = run_onnx(path, feed)
+    expected = model(dense=torch.ones(3, 4), weight=torch.full((3, 2), 2.0))
+    np.testing.assert_allclose(got, expected.detach().numpy(), atol=1e-5)
+
+
+# -- auto, ScriptModule, ExportedProgram ----------------------------------------------------
+
+
+def test_auto_falls_back_to_torchscript_and_records_why(tmp_path):
+    model = Doubles().eval()
+    path = tmp_path / "doubles.onnx"
+    run = export(model, torch.randn(2, 4), path)
+    assert run.exporter == "torchscript"
+    assert "dynamo failed" in run.fallback_reason
+    assert "onnxport_tests.double" in run.fallback_reason
+    x = torch.randn(3, 4)
+    np.testing.assert_allclose(run_onnx(path, {"x": x.numpy()})[0], model(x).detach().numpy(), atol=1e-5)
+
+
+def test_a_script_module_always_goes_through_torchscript(tmp_path):
+    scripted = torch.jit.script(TinyMLP().eval())
+    run = export(scripted, torch.randn(2, 4), tmp_path / "scripted.onnx")
+    assert run.exporter == "torchscript"
+    assert "ScriptModule" in run.fallback_reason
+    with pytest.raises(ConfigError, match=r"'dynamo' cannot export a torch\.jit\.ScriptModule"):
+        export(scripted, torch.randn(2, 4), tmp_path / "no.onnx", exporter="dynamo")
+
+
+def test_an_exported_program_goes_through_dynamo_with_its_own_dynamic_shapes(tmp_path):
+    model = TinyMLP().eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (torch.randn(2, 4),), dynamic_shapes={"x": {0: batch}})
+    path = tmp_path / "program.onnx"
+    run = export(program, torch.randn(2, 4), path)
+    assert run.exporter == "dynamo"
+    assert graph_dims(path)["x"] == ["batch", 4]
+    with pytest.raises(ConfigError, match=r"'torchscript' cannot export a torch\.export\.ExportedProgram"):
+        export(program, torch.randn(2, 4), tmp_path / "no.onnx", exporter="torchscript")
+
+
+# -- opsets ---------------------------------------------------------------------------------
+
+
+def test_opset_ranges_come_from_the_installed_torch():
+    low, high = supported_opsets("torchscript")
+    assert (low, high) == (7, 20)
+    assert supported_opsets("dynamo")[1] >= 18
+
+
+def test_an_opset_the_exporter_cannot_produce_is_refused_before_exporting(tmp_path):
+    path = tmp_path / "no.onnx"
+    with pytest.raises(ConfigError, match=r"opset=21 cannot be produced by the torchscript exporter.*7-20"):
+        export(TinyMLP(), torch.randn(2, 4), path, exporter="torchscript", opset=21)
+    with pytest.raises(ConfigError, match=r"opset=40 .*dynamo .*torchscript"):
+        export(TinyMLP(), torch.randn(2, 4), path, opset=40)
+    assert not path.exists()
+
+
+def test_dynamo_converts_to_an_older_opset_or_says_it_could_not(tmp_path):
+    path = tmp_path / "mlp17.onnx"
+    export(TinyMLP().eval(), torch.randn(2, 4), path, exporter="dynamo", opset=17)
+    assert opset_of(path) == 17
+    # onnx's converter has no Relu adapter below 14: torch.onnx keeps opset 18 and only logs it
+    path = tmp_path / "mlp13.onnx"
+    with pytest.raises(
+        ConfigError, match=r"opset=13 could not be produced by the dynamo exporter.*wrote opset 18"
+    ):
+        export(TinyMLP().eval(), torch.randn(2, 4), path, exporter="dynamo", opset=13)
+    assert not path.exists()
+
+
+def test_torchscript_writes_an_older_opset(tmp_path):
+    path = tmp_path / "mlp11.onnx"
+    export(TinyMLP().eval(), torch.randn(2, 4), path, exporter="torchscript", opset=11)
+    assert opset_of(path) == 11
+
+
+# -- failures that name what is wrong -------------------------------------------------------
+
+
+@pytest.mark.parametrize("exporter", ["auto", "dynamo", "torchscript"])
+def test_an_operator_no_exporter_supports_is_named(tmp_path, exporter):
+    path = tmp_path / "mystery.onnx"
+    with pytest.raises(UnsupportedOperatorError, match="operator onnxport_tests::mystery cannot be") as error:
+        export(Mysterious(), torch.randn(2, 4), path, exporter=exporter)
+    assert error.value.operator == "onnxport_tests::mystery"
+    assert not path.exists()
+
+
+def test_an_axis_the_model_specialises_is_an_error_naming_the_axis(tmp_path):
+    path = tmp_path / "fixed.onnx"
+    with pytest.raises(ExportError, match=r"input 'x' axis 0 \('batch'\) .* fixes it to 2"):
+        export(FixedBatch(), torch.randn(2, 4), path)
+    assert not path.exists()
+    run = export(FixedBatch(), torch.randn(2, 4), path, dynamic_batch=False)  # static is fine
+    assert graph_dims(path)["x"] == [2, 4] and run.dynamic_axes == {}
+
+
+def test_output_names_from_the_config_must_match_the_outputs(tmp_path):
+    run = export(TinyMLP().eval(), torch.randn(2, 4), tmp_path / "a.onnx", output_names=["scores"])
+    assert run.output_names == ["scores"]
+    with pytest.raises(ConfigError, match=r"has 2 names but the model returns 1 tensors \(output\)"):
+        export(TinyMLP(), torch.randn(2, 4), tmp_path / "b.onnx", output_names=["a", "b"])
+
+
+# -- the caller's model ---------------------------------------------------------------------
+
+
+def test_preserved_state_restores_modes_and_grad_flags_even_on_error():
+    model = TinyCNN().train()
+    model.drop.eval()
+    model.conv.weight.requires_grad_(False)
+    with pytest.raises(RuntimeError), preserved_state(model):
+        assert not model.training and not model.bn.training
+        raise RuntimeError("export failed")
+    assert model.training and model.bn.training and not model.drop.training
+    assert not model.conv.weight.requires_grad and model.head.weight.requires_grad
