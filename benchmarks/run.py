@@ -144,6 +144,7 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{size:<8}{tool:<20}{row['param_mb']:>10.2f}{row['file_mb']:>9.2f}{row['rss_extra_mb']:>9.1f}"
                 f"{row['rss_extra_x_params']:>12.2f}{row['traced_peak_mb']:>11.1f}"
             )
+    print("(RSS+/params means something only where the weights dwarf fixed costs: the medium model.)")
 
 
 def main(argv: list[str] | None = None) -> int:
