@@ -6,7 +6,7 @@ Checks run in order and each failure is its own :class:`~onnxport.errors.Validat
    data work); a full check includes strict shape inference with type checks.
 2. An ONNX Runtime CPU session can be created.
 3. The graph's inputs and outputs match the example inputs and the model's outputs in
-   count (and in names, when names are known).
+   count and in the names ``export`` gives them.
 4. Parity with eager PyTorch in float32 (TF32 off) over a shape matrix built from the
    graph's own symbolic dimensions: every dynamic axis at 1, the export size and a
    larger size, with seeded inputs of the right dtypes (or the caller's real samples).
@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 def validate(
     onnx_path: str | os.PathLike[str],
-    model: torch.nn.Module,
+    model: torch.nn.Module | torch.export.ExportedProgram,
     example_inputs: Any = None,
     *,
     config: ExportConfig | Mapping[str, Any] | None = None,
@@ -81,6 +81,12 @@ def validate(
     Raises:
         CheckerError, SessionError, SignatureMismatchError: the file is broken or does not fit.
         ParityError (NonFiniteError for NaN/Inf): outputs differ and ``on_mismatch="fail"``.
+
+    Example::
+
+        report = onnxport.validate("model.onnx", model, torch.randn(2, 4), validation={"atol": 1e-3})
+        print(report.summary())
+        report.write_json("model.validation.json")  # a DVC metrics file
     """
     config = ExportConfig.coerce(config, **options)
     settings = config.validation
