@@ -1,0 +1,203 @@
+"""Publishing: output checks, scrubbing, provenance metadata, external data, the atomic move."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import REPO_ROOT, TinyMLP, run_onnx
+from onnxport import publish
+from onnxport.config import ExportConfig
+from onnxport.errors import InputError
+from onnxport.exporters import run_exporter
+from onnxport.inputs import prepare_inputs
+
+
+@pytest.fixture(scope="module")
+def raw_dynamo(tmp_path_factory) -> Path:
+    """One real dynamo export, shared: the raw file still carries the exporter's metadata."""
+    torch.manual_seed(0)
+    model = TinyMLP().eval()
+    config = ExportConfig()
+    path = tmp_path_factory.mktemp("raw") / "raw.onnx"
+    run_exporter(model, prepare_inputs(model, torch.randn(2, 4), config), path, config)
+    return path
+
+
+def metadata_for(config: ExportConfig, **overrides) -> dict[str, str]:
+    options = {"exporter": "dynamo", "fallback_reason": None, "checkpoint_sha256": None, **overrides}
+    return publish.provenance_metadata(config, **options)
+
+
+def finalize(raw: Path, staged: Path, config: ExportConfig, *, external: bool = False, **overrides) -> None:
+    publish.finalize(
+        raw,
+        staged,
+        metadata=metadata_for(config, **overrides),
+        model_version=config.model_version,
+        external_data=external,
+    )
+
+
+# -- the output path ------------------------------------------------------------------------
+
+
+def test_a_missing_output_directory_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match=r"output directory '.*/nope' does not exist") as error:
+        publish.check_output(tmp_path / "nope" / "model.onnx")
+    assert "mkdir -p" in error.value.fix
+
+
+def test_the_output_must_be_an_onnx_file_path(tmp_path):
+    with pytest.raises(InputError, match=r"does not end in \.onnx"):
+        publish.check_output(tmp_path / "model.pt")
+    (tmp_path / "dir.onnx").mkdir()
+    with pytest.raises(InputError, match="is a directory"):
+        publish.check_output(tmp_path / "dir.onnx")
+
+
+def test_a_read_only_output_directory_is_an_input_error():
+    # outside pytest's 0700 tmp tree, so an unprivileged user can reach it
+    with tempfile.TemporaryDirectory() as scratch:
+        Path(scratch).chmod(0o755)
+        locked = Path(scratch) / "locked"
+        locked.mkdir(mode=0o555)
+        result = _check_output_unprivileged(locked / "model.onnx")
+    assert result.returncode != 0
+    assert "InputError: output directory" in result.stderr and "is not writable" in result.stderr
+
+
+def _check_output_unprivileged(output: Path) -> subprocess.CompletedProcess:
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from onnxport.publish import check_output;"
+        "check_output(sys.argv[2])"
+    )
+    # root ignores permission bits, so the check runs as an unprivileged user when we are root
+    become_nobody = (lambda: os.setuid(65534)) if os.geteuid() == 0 else None
+    python = "/usr/bin/python3" if os.geteuid() == 0 else sys.executable
+    return subprocess.run(
+        [python, "-c", code, str(REPO_ROOT / "src"), str(output)],
+        capture_output=True,
+        text=True,
+        preexec_fn=become_nobody,
+        check=False,
+    )
+
+
+def test_the_staging_directory_is_removed_whatever_happens(tmp_path):
+    output = tmp_path / "model.onnx"
+    with pytest.raises(RuntimeError), publish.staging_dir(output) as stage:
+        assert stage.parent == tmp_path and stage.name.startswith(".model.onnx.")
+        (stage / "partial.onnx").write_bytes(b"half")
+        raise RuntimeError("export failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- scrubbing and metadata -----------------------------------------------------------------
+
+
+def test_the_raw_dynamo_file_carries_stack_traces_that_finalize_removes(raw_dynamo, tmp_path):
+    raw = onnx.load(str(raw_dynamo))
+    assert any(p.key == "pkg.torch.onnx.stack_trace" for n in raw.graph.node for p in n.metadata_props)
+    assert str(REPO_ROOT).encode() in raw_dynamo.read_bytes()  # the test file's absolute path
+
+    staged = tmp_path / "model.onnx"
+    finalize(raw_dynamo, staged, ExportConfig())
+    published = onnx.load(str(staged))
+    assert not any(n.metadata_props or n.doc_string for n in published.graph.node)
+    assert not published.graph.metadata_props
+    assert not any(v.metadata_props for v in published.graph.value_info)
+    data = staged.read_bytes()
+    for run_specific in (str(REPO_ROOT), str(tmp_path), socket.gethostname(), "stack_trace"):
+        assert run_specific.encode() not in data
+    assert (published.producer_name, published.producer_version) == ("onnxport", "0.1.0")
+    onnx.checker.check_model(published, full_check=True)
+
+
+def test_provenance_metadata_is_in_the_file(raw_dynamo, tmp_path):
+    config = ExportConfig.coerce(None, model_version=7, metadata={"dataset": "digits", "owner": "ml"})
+    staged = tmp_path / "model.onnx"
+    finalize(raw_dynamo, staged, config, fallback_reason="dynamo failed: X", checkpoint_sha256="ab" * 32)
+    model = onnx.load(str(staged))
+    props = {p.key: p.value for p in model.metadata_props}
+
+    assert model.model_version == 7
+    assert all(key.startswith("onnxport.") for key in props)
+    assert props["onnxport.version"] == "0.1.0"
+    assert props["onnxport.schema_version"] == "1"
+    assert ExportConfig.from_dict(json.loads(props["onnxport.config"])) == config
+    assert props["onnxport.config_sha256"] == config.sha256()
+    assert props["onnxport.torch_version"] == torch.__version__
+    assert props["onnxport.onnx_version"] == onnx.__version__
+    assert props["onnxport.exporter"] == "dynamo"
+    assert props["onnxport.fallback_reason"] == "dynamo failed: X"
+    assert props["onnxport.checkpoint_sha256"] == "ab" * 32
+    assert props["onnxport.validation_enabled"] == "true"
+    assert props["onnxport.user.dataset"] == "digits" and props["onnxport.user.owner"] == "ml"
+
+
+def test_finalizing_the_same_export_twice_gives_the_same_bytes(raw_dynamo, tmp_path):
+    first, second = tmp_path / "a" / "model.onnx", tmp_path / "b" / "model.onnx"
+    for staged in (first, second):
+        staged.parent.mkdir()
+        finalize(raw_dynamo, staged, ExportConfig())
+    assert publish.sha256(first) == publish.sha256(second)
+
+
+# -- external data and the move -------------------------------------------------------------
+
+
+def test_external_data_always_writes_a_relative_data_file_that_moves_with_the_model(raw_dynamo, tmp_path):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    staged = stage / "weights.onnx"
+    finalize(raw_dynamo, staged, ExportConfig(), external=True)
+    output = tmp_path / "out" / "weights.onnx"
+    output.parent.mkdir()
+    publish.move_into_place(staged, output, external_data=True)
+
+    assert sorted(p.name for p in output.parent.iterdir()) == ["weights.onnx", "weights.onnx.data"]
+    model = onnx.load(str(output), load_external_data=False)
+    locations = {
+        entry.value for t in model.graph.initializer for entry in t.external_data if entry.key == "location"
+    }
+    assert locations == {"weights.onnx.data"}
+    assert output.stat().st_size < 2000  # the weights are not inline
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(output.parent, moved)  # relative paths: the pair still loads
+    x = np.ones((3, 4), np.float32)
+    torch.manual_seed(0)
+    expected = TinyMLP().eval()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(run_onnx(moved / "weights.onnx", {"x": x})[0], expected, atol=1e-5)
+
+
+def test_moving_a_single_file_removes_a_stale_data_file_and_replaces_the_old_model(raw_dynamo, tmp_path):
+    output = tmp_path / "model.onnx"
+    output.write_bytes(b"old model")
+    Path(f"{output}.data").write_bytes(b"old weights")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    finalize(raw_dynamo, stage / "model.onnx", ExportConfig())
+    publish.move_into_place(stage / "model.onnx", output, external_data=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "stage"]
+    onnx.checker.check_model(str(output))
+
+
+def test_a_rejected_file_is_kept_beside_the_output(tmp_path):
+    staged = tmp_path / "stage.onnx"
+    staged.write_bytes(b"rejected")
+    rejected = publish.keep_rejected(staged, tmp_path / "model.onnx")
+    assert rejected == tmp_path / "model.rejected.onnx" and rejected.read_bytes() == b"rejected"
