@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -142,11 +143,12 @@ def test_hydra_config_instantiates_the_callback():
 
 
 @pytest.mark.slow
-def test_fit_exports_a_valid_file_in_log_dir_and_leaves_the_module_training(tmp_path):
+def test_fit_exports_a_valid_file_in_log_dir_and_leaves_the_module_training(tmp_path, caplog):
     module = Regressor()
     callback = OnnxExportCallback(validation=FAST_VALIDATION)
     trainer = make_trainer(tmp_path, [callback], logger=CSVLogger(tmp_path, name="logs"))
-    trainer.fit(module, regression_data())
+    with caplog.at_level(logging.INFO):
+        trainer.fit(module, regression_data())
 
     output = tmp_path / "logs" / "version_0" / "model.onnx"
     assert callback.output_path == output
@@ -165,6 +167,58 @@ def test_fit_exports_a_valid_file_in_log_dir_and_leaves_the_module_training(tmp_
         assert name in header
     row = dict(zip(header, metrics[-1].split(","), strict=True))
     assert float(row["export/passed"]) == 1.0
+    assert f"OnnxExportCallback: wrote {output}" in caplog.text
+
+
+@pytest.mark.slow
+def test_config_input_spec_wins_over_example_input_array(tmp_path):
+    spec = [{"name": "x", "shape": [3, 4]}]
+    callback = OnnxExportCallback(
+        tmp_path / "model.onnx", inputs=spec, dynamic_batch=False, validation=FAST_VALIDATION
+    )
+    make_trainer(tmp_path, [callback]).fit(Regressor(), regression_data(n=4))
+
+    import onnx
+
+    (graph_input,) = onnx.load(tmp_path / "model.onnx").graph.input
+    assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [3, 4]
+
+
+@pytest.mark.slow
+def test_runs_in_the_unified_lightning_packages_trainer(tmp_path):
+    import lightning.pytorch as L
+
+    class LightningRegressor(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = TinyMLP()
+            self.example_input_array = torch.randn(2, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    checkpoint = L.callbacks.ModelCheckpoint(tmp_path / "ckpt", save_last=True)
+    callback = OnnxExportCallback(tmp_path / "model.onnx", validation=FAST_VALIDATION)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[callback, checkpoint],
+    )
+    trainer.fit(LightningRegressor(), regression_data(n=4))
+
+    assert callback.last_result.validation.passed
+    saved = torch.load(checkpoint.last_model_path, weights_only=False)["callbacks"]
+    assert callback.state_key in saved
 
 
 class DictBatches(Dataset):
@@ -261,15 +315,22 @@ def test_epoch_exports_are_recorded_in_the_next_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_module_exports_cleanly(tmp_path):
-    module = Regressor()
+def test_compiled_module_exports_its_current_and_best_weights(tmp_path):
+    module = Regressor(lr=0.5)
     compiled = torch.compile(module, backend="eager")  # dynamo wrapping without a C++ toolchain
-    callback = OnnxExportCallback(tmp_path / "model.onnx", validation=FAST_VALIDATION)
-    make_trainer(tmp_path, [callback]).fit(compiled, regression_data())
+    checkpoint = ModelCheckpoint(tmp_path / "ckpt", monitor="score", mode="min")
+    current = OnnxExportCallback(tmp_path / "current.onnx", validation=FAST_VALIDATION)
+    best = OnnxExportCallback(tmp_path / "best.onnx", ckpt_path="best", validation=FAST_VALIDATION)
+    trainer = make_trainer(tmp_path, [current, best, checkpoint], max_epochs=2, enable_checkpointing=True)
+    trainer.fit(compiled, regression_data())
 
     assert "forward" in vars(module)  # Lightning left the dynamo-wrapped forward on the module
-    assert callback.last_result.validation.passed
-    assert onnx_matches(tmp_path / "model.onnx", module, PROBE)
+    assert current.last_result.validation.passed and best.last_result.validation.passed
+    best_module = Regressor()
+    best_module.load_state_dict(torch.load(checkpoint.best_model_path, weights_only=True)["state_dict"])
+    assert onnx_matches(tmp_path / "current.onnx", module, PROBE)
+    assert onnx_matches(tmp_path / "best.onnx", best_module, PROBE)
+    assert not onnx_matches(tmp_path / "best.onnx", module, PROBE)
 
 
 @pytest.mark.slow

@@ -176,6 +176,8 @@ class OnnxExportCallback(Callback):
 
     def _export_on_rank_zero(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Export on global rank 0; every rank learns the outcome, so no rank is left hanging."""
+        if self._output_path is None:  # hooks called without setup(), e.g. by hand; a collective
+            self.setup(trainer, pl_module, "fit")
         outcome: dict[str, Any] = {"error": None, "path": None, "sha256": None}
         error: Optional[BaseException] = None
         if trainer.is_global_zero:
@@ -204,8 +206,6 @@ class OnnxExportCallback(Callback):
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ExportResult:
         from onnxport.pipeline import export
 
-        if self._output_path is None:  # hooks called without setup(), e.g. by hand
-            self.setup(trainer, pl_module, "fit")
         model = pl_module if self.ckpt_path is None else self._checkpoint_copy(trainer, pl_module)
         example_inputs = self._example_inputs(trainer, pl_module)
         with _modes_restored(model):
@@ -228,8 +228,14 @@ class OnnxExportCallback(Callback):
                 f"ckpt_path={path!r} has no 'state_dict'", fix="pass a checkpoint written by Lightning"
             )
         # The memo keeps the copy from dragging the Trainer (loaders, process groups) along.
-        memo = {id(pl_module._trainer): None} if pl_module._trainer is not None else {}
-        module = copy.deepcopy(pl_module, memo)
+        module = copy.deepcopy(pl_module, {id(trainer): None})
+        if getattr(module, "_compiler_ctx", None) is not None:
+            # Lightning runs a torch.compile'd module through dynamo-wrapped methods of the *original*
+            # module set on the instance; deepcopy keeps those closures, so the copy would still compute
+            # with the Trainer's weights. The class's own methods use the copy's weights.
+            for name in ("forward", "training_step", "validation_step", "test_step", "predict_step"):
+                vars(module).pop(name, None)
+            module._compiler_ctx = None
         try:
             module.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as exc:
