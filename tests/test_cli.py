@@ -24,7 +24,7 @@ defaults:
   - export: default
   - _self_
 model:
-  _target_: torch.nn.Linear
+  _target_: netdef.Net
   in_features: 4
   out_features: 3
 checkpoint: weights.pt
@@ -44,12 +44,23 @@ validation:
 """
 
 
+# The project's own model code, importable from the project root as in a DVC stage.
+NETDEF = """\
+import torch
+
+
+class Net(torch.nn.Linear):
+    pass
+"""
+
+
 def _write_project(root: Path) -> Path:
     (root / "conf" / "export").mkdir(parents=True)
+    (root / "netdef.py").write_text(NETDEF)
     (root / "conf" / "config.yaml").write_text(CONFIG)
     (root / "conf" / "export" / "default.yaml").write_text(EXPORT)
     torch.manual_seed(0)
-    torch.save(torch.nn.Linear(4, 3).state_dict(), root / "weights.pt")
+    torch.save(torch.nn.Linear(4, 3).state_dict(), root / "weights.pt")  # same keys as netdef.Net
     return root
 
 
@@ -90,6 +101,7 @@ def test_export_stage_writes_model_and_report_without_hydra_dirs(project, export
 @pytest.mark.slow
 def test_export_from_config_is_the_work_function(project, tmp_path, monkeypatch):
     monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))
     output = tmp_path / "direct.onnx"
     cfg = compose_config("conf", "config", [f"output={output}", "export.opset=17"])
     result = export_from_config(cfg)
@@ -102,7 +114,7 @@ def test_cfg_job_prints_the_composed_config_and_writes_nothing(project):
     before = listing(project)
     shown = run_cli("export", "--cfg", "job", "export.opset=17", cwd=project)
     assert shown.returncode == 0, shown.stderr
-    assert "opset: 17" in shown.stdout and "_target_: torch.nn.Linear" in shown.stdout
+    assert "opset: 17" in shown.stdout and "_target_: netdef.Net" in shown.stdout
     assert listing(project) == before
 
 
@@ -163,6 +175,7 @@ def test_hydra_full_error_shows_the_traceback(project):
 @pytest.mark.slow
 def test_validate_rechecks_a_file_and_writes_the_report(project, exported, monkeypatch, capsys):
     monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))
     report = project / "revalidated.json"
     assert main(["validate", "models/model.onnx", "--checkpoint", "weights.pt", "--report", str(report)]) == 0
     assert "validation passed" in capsys.readouterr().out
@@ -172,6 +185,7 @@ def test_validate_rechecks_a_file_and_writes_the_report(project, exported, monke
 @pytest.mark.slow
 def test_validate_against_other_weights_fails_with_exit_1(project, exported, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))
     torch.manual_seed(123)
     other = tmp_path / "other.pt"
     torch.save(torch.nn.Linear(4, 3).state_dict(), other)

@@ -69,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return command(args[1:])
+    except SystemExit as stop:  # argparse and `--help` exit; callers of main() get the status
+        return stop.code if isinstance(stop.code, int) else int(stop.code is not None)
     except Exception as error:
         if _full_errors_requested():
             raise
@@ -77,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report_error(command: str, error: Exception) -> int:
     """Print ``error`` as one line on stderr and return its exit status."""
+    error = _as_config_error(error) or error
     if isinstance(error, OnnxportError):
         print(f"onnxport {command}: error: {error}", file=sys.stderr)
         return error.exit_code
@@ -180,7 +183,7 @@ def _export_task(cfg: DictConfig, exit_codes: list[int], full_errors: bool) -> N
 
     try:
         result = export_from_config(resolve_stage_config(cfg))
-    except OnnxportError as error:
+    except Exception as error:
         if full_errors:
             raise
         exit_codes.append(_report_error("export", error))
@@ -202,11 +205,12 @@ def _export_task(cfg: DictConfig, exit_codes: list[int], full_errors: bool) -> N
 def _export_command(args: list[str]) -> int:
     from hydra import main as hydra_main
 
+    _import_from_cwd()
     register_configs()
     exit_codes = [0]
     task = functools.partial(_export_task, exit_codes=exit_codes, full_errors=_full_errors_requested())
     app = hydra_main(version_base=None, config_path=str(PACKAGED_CONF), config_name=DEFAULT_CONFIG_NAME)(task)
-    with _hydra_errors_as_config_errors(), _argv("onnxport export", _hydra_argv(args)):
+    with _hydra_raises(), _argv("onnxport export", _hydra_argv(args)):
         app()
     return max(exit_codes)
 
@@ -241,30 +245,34 @@ def _argv(program: str, args: list[str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _hydra_errors_as_config_errors() -> Iterator[None]:
-    """Let errors escape Hydra's printer, then make composition errors one-line ConfigErrors."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    user_asked = _full_errors_requested()
+def _hydra_raises() -> Iterator[None]:
+    """Make Hydra re-raise errors instead of printing them and exiting 1; main() reports them."""
     saved = os.environ.get(FULL_ERROR_ENV)
-    os.environ[FULL_ERROR_ENV] = "1"  # Hydra then re-raises instead of printing and exiting 1
+    os.environ[FULL_ERROR_ENV] = "1"
     try:
         yield
-    except (HydraException, OmegaConfBaseException) as error:
-        if user_asked:
-            raise
-        cause = error.__cause__
-        detail = f": {cause}" if isinstance(cause, OmegaConfBaseException) else ""
-        raise ConfigError(
-            f"{error}{detail}",
-            fix="check the key and value against `onnxport export --cfg job` and the config reference",
-        ) from error
     finally:
         if saved is None:
             os.environ.pop(FULL_ERROR_ENV, None)
         else:
             os.environ[FULL_ERROR_ENV] = saved
+
+
+def _as_config_error(error: Exception) -> ConfigError | None:
+    """Hydra composition and OmegaConf errors (unknown key, wrong type) as one-line ConfigErrors."""
+    if not type(error).__module__.startswith(("hydra.", "omegaconf.")):
+        return None
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(error, (HydraException, OmegaConfBaseException)):
+        return None
+    cause = error.__cause__
+    detail = f": {cause}" if isinstance(cause, OmegaConfBaseException) else ""
+    return ConfigError(
+        f"{error}{detail}",
+        fix="check the key and value against `onnxport export --cfg job` and the config reference",
+    )
 
 
 def register_configs() -> None:
@@ -282,6 +290,16 @@ def register_configs() -> None:
     ConfigStore.instance().store(
         group="onnxport", name="export_schema", node=ExportConfig, provider="onnxport"
     )
+
+
+def _import_from_cwd() -> None:
+    """Let ``model._target_`` name the project's own code, as ``python -m`` would.
+
+    A console script's ``sys.path`` starts at its own bin directory, not at the project a
+    DVC stage runs in.
+    """
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _full_errors_requested() -> bool:
@@ -326,6 +344,7 @@ def _validate_command(args: list[str]) -> int:
     if not Path(options.file).is_file():
         raise ConfigError(f"{options.file} does not exist", fix="pass the path of an existing .onnx file")
 
+    _import_from_cwd()
     cfg = compose_config(options.config_dir, options.config_name, options.overrides)
     config = export_config_from(cfg)
     checkpoint = options.checkpoint or _required(cfg, "checkpoint")
@@ -359,7 +378,7 @@ def compose_config(config_dir: str, config_name: str, overrides: Sequence[str]) 
     if not Path(config_dir).is_dir():
         raise ConfigError(f"config dir {config_dir!r} does not exist", fix="pass --config-dir DIR")
     with (
-        _hydra_errors_as_config_errors(),
+        _hydra_raises(),
         initialize_config_dir(str(Path(config_dir).resolve()), version_base=None),
     ):
         return compose(config_name, overrides=list(overrides))
