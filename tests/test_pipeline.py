@@ -1,0 +1,312 @@
+"""onnxport.export end to end: real exporters, real ONNX Runtime, real validation, real files."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import onnxport
+from conftest import REPO_ROOT, TinyCNN, TinyMLP, run_onnx
+from onnxport.errors import ConfigError, InputError, UnsupportedOperatorError, ValidationError
+
+
+@torch.library.custom_op("onnxport_pipeline_tests::mystery", mutates_args=())
+def mystery(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1)
+
+
+@mystery.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class Mysterious(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mystery(x) * 2
+
+
+class FixedBatch(nn.Module):
+    """TorchScript exports it with a symbolic batch, but it only works at batch 2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.ones(2, 4)
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def props(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+# -- one real export of a model in training mode, shared by the checks below -----------------
+
+
+@pytest.fixture(scope="module")
+def cnn_export(tmp_path_factory):
+    torch.manual_seed(0)
+    model = TinyCNN().train()
+    model.conv.weight.requires_grad_(False)
+    before = {
+        "modes": {name: m.training for name, m in model.named_modules()},
+        "grads": {name: p.requires_grad for name, p in model.named_parameters()},
+        "ptrs": {name: t.data_ptr() for name, t in model.state_dict().items()},
+        "state": {name: t.clone() for name, t in model.state_dict().items()},
+    }
+    out = tmp_path_factory.mktemp("published")
+    # a batch of 1: the pipeline traces the batch axis at 2 so it stays dynamic
+    result = onnxport.export(model, torch.randn(1, 1, 8, 8), out / "cnn.onnx")
+    return model, result, before
+
+
+def test_export_publishes_a_validated_batch_dynamic_file(cnn_export):
+    model, result, _ = cnn_export
+    assert result.exporter == "dynamo" and result.fallback_reason is None
+    assert result.input_names == ["image"] and result.output_names == ["output"]
+    assert result.path.is_file() and result.size_bytes == result.path.stat().st_size
+    assert result.sha256 == onnxport.publish.sha256(result.path)
+    assert result.validation is not None and result.validation.passed
+    assert listing(result.path.parent) == ["cnn.onnx", "cnn.validation.json"]  # nothing stray
+
+    model.eval()
+    try:
+        for batch in (1, 5):
+            image = torch.randn(batch, 1, 8, 8)
+            (got,) = run_onnx(result.path, {"image": image.numpy()})
+            np.testing.assert_allclose(got, model(image).detach().numpy(), atol=1e-5)
+    finally:
+        model.train()
+        model.conv.weight.requires_grad_(False)
+
+
+def test_the_callers_model_comes_back_unchanged_and_uncopied(cnn_export):
+    model, _, before = cnn_export
+    assert {name: m.training for name, m in model.named_modules()} == before["modes"]
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == before["grads"]
+    assert {name: t.data_ptr() for name, t in model.state_dict().items()} == before["ptrs"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before["state"][name]), name
+        assert tensor.dtype == before["state"][name].dtype and tensor.device.type == "cpu"
+
+
+def test_run_context_goes_to_the_result_and_report_never_into_the_file(cnn_export):
+    _, result, _ = cnn_export
+    assert {"git_commit", "git_dirty", "host", "time"} <= set(result.run_context)
+    report = json.loads(result.report_path.read_text())
+    assert report["passed"] == 1
+    assert report["run"]["host"] == socket.gethostname() == result.run_context["host"]
+
+    data = result.path.read_bytes()
+    assert socket.gethostname().encode() not in data
+    assert result.run_context["time"].encode() not in data
+    metadata = props(result.path)
+    assert not {"onnxport.git_commit", "onnxport.host", "onnxport.time"} & set(metadata)
+    assert metadata["onnxport.exporter"] == "dynamo"
+    assert metadata["onnxport.config_sha256"] == result.config.sha256()
+
+
+# -- options as keywords, other model kinds -------------------------------------------------
+
+
+def test_options_are_keyword_arguments(tmp_path, mlp, mlp_input):
+    result = onnxport.export(
+        mlp, mlp_input, tmp_path / "mlp.onnx", exporter="torchscript", opset=17, dynamic_axes={"x": {0: "n"}}
+    )
+    model = onnx.load(str(result.path))
+    assert result.exporter == "torchscript" and result.config.opset == 17
+    assert [o.version for o in model.opset_import if o.domain == ""] == [17]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "n"
+
+
+def test_a_config_mapping_and_keywords_merge(tmp_path, mlp, mlp_input):
+    config = {"exporter": "torchscript", "model_version": 3, "validation": {"atol": 1e-3}}
+    result = onnxport.export(mlp, mlp_input, tmp_path / "m.onnx", config=config, validation={"rtol": 0.0})
+    assert result.config.model_version == 3
+    assert (result.config.validation.atol, result.config.validation.rtol) == (1e-3, 0.0)
+    assert onnx.load(str(result.path)).model_version == 3
+
+
+def test_an_exported_program_exports_and_validates(tmp_path, mlp, mlp_input):
+    program = torch.export.export(mlp, (mlp_input,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    result = onnxport.export(program, mlp_input, tmp_path / "program.onnx")
+    assert result.exporter == "dynamo" and result.validation.passed
+    (got,) = run_onnx(result.path, {"x": np.ones((3, 4), np.float32)})
+    np.testing.assert_allclose(got, mlp(torch.ones(3, 4)).detach().numpy(), atol=1e-5)
+
+
+def test_validation_off_publishes_unchecked_and_says_so(tmp_path, mlp, mlp_input):
+    result = onnxport.export(
+        mlp, mlp_input, tmp_path / "m.onnx", exporter="torchscript", validation={"enabled": False}
+    )
+    assert result.validation is None and result.report_path is None
+    assert props(result.path)["onnxport.validation_enabled"] == "false"
+    assert listing(tmp_path) == ["m.onnx"]
+
+
+def test_provenance_includes_the_checkpoint_hash_and_git_state(git_repo, mlp, mlp_input):
+    (git_repo / "README").write_text("x\n")
+    subprocess.run(["git", "add", "README"], cwd=git_repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=git_repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=git_repo, capture_output=True, text=True).stdout
+    result = onnxport.export(
+        mlp, mlp_input, git_repo / "m.onnx", exporter="torchscript", checkpoint_sha256="c0ffee" * 10
+    )
+    assert result.run_context["git_commit"] == head.strip()
+    assert result.run_context["git_dirty"] is False  # untracked outputs do not make it dirty
+    assert props(result.path)["onnxport.checkpoint_sha256"] == "c0ffee" * 10
+
+
+# -- bad input: a clear error and nothing written -------------------------------------------
+
+
+BAD_INPUTS = {
+    "not a module": (lambda out: onnxport.export({"weights": 1}, torch.randn(2, 4), out), InputError),
+    "inputs do not fit forward": (
+        lambda out: onnxport.export(TinyMLP(), (torch.randn(2, 4), torch.randn(2, 4)), out),
+        InputError,
+    ),
+    "unknown config key": (
+        lambda out: onnxport.export(TinyMLP(), torch.randn(2, 4), out, colour=1),
+        ConfigError,
+    ),
+    "opset the exporter cannot produce": (
+        lambda out: onnxport.export(TinyMLP(), torch.randn(2, 4), out, exporter="torchscript", opset=21),
+        ConfigError,
+    ),
+    "operator no exporter supports": (
+        lambda out: onnxport.export(Mysterious(), torch.randn(2, 4), out),
+        UnsupportedOperatorError,
+    ),
+}
+BAD_INPUT_MESSAGES = {
+    "not a module": r"model is a dict, not a torch.nn.Module",
+    "inputs do not fit forward": r"do not fit forward\(x: torch.Tensor\) -> torch.Tensor",
+    "unknown config key": r"unknown key export.colour; valid keys of export: .*dynamic_axes",
+    "opset the exporter cannot produce": r"opset=21 cannot be produced by the torchscript exporter",
+    "operator no exporter supports": r"operator onnxport_pipeline_tests::mystery cannot be exported",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_clear_error_and_leaves_a_previous_file_untouched(tmp_path, case):
+    call, error_type = BAD_INPUTS[case]
+    output = tmp_path / "model.onnx"
+    output.write_bytes(b"the previous, good model")
+    with pytest.raises(error_type, match=BAD_INPUT_MESSAGES[case]) as error:
+        call(output)
+    assert error.value.fix  # every error says how to fix it
+    assert "\n" not in str(error.value)
+    assert listing(tmp_path) == ["model.onnx"]
+    assert output.read_bytes() == b"the previous, good model"
+
+
+def test_a_missing_output_directory_fails_before_exporting(tmp_path, mlp, mlp_input):
+    with pytest.raises(InputError, match=r"output directory .* does not exist"):
+        onnxport.export(mlp, mlp_input, tmp_path / "missing" / "model.onnx")
+    assert listing(tmp_path) == []
+
+
+def test_a_file_that_fails_validation_is_rejected_and_the_output_untouched(tmp_path):
+    output = tmp_path / "model.onnx"
+    output.write_bytes(b"the previous, good model")
+    with pytest.raises(ValidationError, match="validation cases failed") as error:
+        onnxport.export(FixedBatch(), torch.randn(2, 4), output, exporter="torchscript")
+    assert error.value.exit_code == 1 and error.value.report is not None
+    assert output.read_bytes() == b"the previous, good model"
+    assert listing(tmp_path) == ["model.onnx", "model.rejected.onnx"]
+    onnx.checker.check_model(str(tmp_path / "model.rejected.onnx"))
+
+
+# -- no weight copy, reproducibility --------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+def test_export_keeps_no_copy_of_a_large_model(tmp_path):
+    model = nn.Sequential(nn.Linear(2048, 4096), nn.ReLU(), nn.Linear(4096, 8)).eval()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # ~32 MiB
+    pointers = [p.data_ptr() for p in model.parameters()]
+    example = torch.randn(2, 2048)
+    onnxport.export(model, example, tmp_path / "warmup.onnx", validation={"enabled": False})
+    gc.collect()
+    before = _rss_bytes()
+
+    result = onnxport.export(model, example, tmp_path / "big.onnx", validation={"enabled": False})
+    gc.collect()
+    retained = _rss_bytes() - before
+    assert result.size_bytes > weight_bytes
+    assert [p.data_ptr() for p in model.parameters()] == pointers
+    assert retained < weight_bytes / 2, f"export kept {retained / 2**20:.1f} MiB after returning"
+
+
+REPRO_MODEL = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4, 10)
+
+    def forward(self, image):
+        return self.head(torch.relu(self.conv(image)).mean(dim=(2, 3))).softmax(-1)
+"""
+
+REPRO_SCRIPT = """
+import sys, torch, onnxport
+sys.path.insert(0, sys.argv[1])  # this copy of the model's source: stack traces would name it
+from repro_net import Net
+torch.manual_seed(0)
+result = onnxport.export(Net(), torch.randn(2, 1, 8, 8), sys.argv[2])
+print(result.sha256)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_in_different_places_write_byte_identical_files(tmp_path):
+    runs = []
+    for name in ("first", "second"):
+        checkout = tmp_path / name / "checkout"
+        workdir = tmp_path / name / "cwd"
+        outdir = tmp_path / name / "artifacts" / name
+        for directory in (checkout, workdir, outdir):
+            directory.mkdir(parents=True)
+        (checkout / "repro_net.py").write_text(textwrap.dedent(REPRO_MODEL))
+        output = outdir / f"{name}-model.onnx"
+        process = subprocess.Popen(
+            [sys.executable, "-c", REPRO_SCRIPT, str(checkout), str(output)],
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")},
+        )
+        runs.append((process, output))
+    digests = []
+    for process, output in runs:
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-2000:]
+        digests.append(stdout.strip().splitlines()[-1])
+        assert digests[-1] == onnxport.publish.sha256(output)
+    assert digests[0] == digests[1]
+    first = runs[0][1].read_bytes()
+    assert str(tmp_path).encode() not in first and b"repro_net" not in first
