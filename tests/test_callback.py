@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -339,13 +340,18 @@ def test_ema_weight_averaging_exports_the_averaged_weights(tmp_path):
     from pytorch_lightning.callbacks import WeightAveraging
     from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-    module = Regressor()
-    ema = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    class RawWeights(pl.Callback):
+        def on_train_end(self, trainer, pl_module):  # runs before WeightAveraging's, by list order
+            self.net = copy.deepcopy(pl_module.net)
+
+    module, raw = Regressor(lr=0.5), RawWeights()
+    ema = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(0.5))
     callback = OnnxExportCallback(tmp_path / "model.onnx", validation=FAST_VALIDATION)
-    make_trainer(tmp_path, [ema, callback], max_epochs=2).fit(module, regression_data())
+    make_trainer(tmp_path, [raw, ema, callback], max_epochs=2).fit(module, regression_data())
 
     # WeightAveraging copies the average into the module when training ends, before on_fit_end.
     assert onnx_matches(tmp_path / "model.onnx", module, PROBE)
+    assert not onnx_matches(tmp_path / "model.onnx", raw.net, PROBE)
     names = [init.name for init in onnx.load(tmp_path / "model.onnx").graph.initializer]
     assert names and not any(name.startswith(("module.", "_orig_mod.")) for name in names)
 
