@@ -310,3 +310,25 @@ def test_two_processes_in_different_places_write_byte_identical_files(tmp_path):
     assert digests[0] == digests[1]
     first = runs[0][1].read_bytes()
     assert str(tmp_path).encode() not in first and b"repro_net" not in first
+
+
+def test_a_lightning_module_exports_from_its_example_input_array(tmp_path):
+    import lightning.pytorch as pl
+
+    class Classifier(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = TinyMLP()
+            self.example_input_array = torch.randn(1, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x).softmax(-1)
+
+    torch.manual_seed(0)
+    module = Classifier()
+    result = onnxport.export(module, None, tmp_path / "lit.onnx", exporter="torchscript")
+    assert result.input_names == ["x"] and result.validation.passed
+    initializers = {t.name for t in onnx.load(str(result.path)).graph.initializer}
+    assert "net.fc1.weight" in initializers
+    (got,) = run_onnx(result.path, {"x": np.ones((3, 4), np.float32)})
+    np.testing.assert_allclose(got, module(torch.ones(3, 4)).detach().numpy(), atol=1e-5)

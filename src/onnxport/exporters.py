@@ -18,7 +18,13 @@ import torch
 
 from onnxport.config import ExportConfig
 from onnxport.errors import ConfigError, ExportError, UnsupportedOperatorError
-from onnxport.inputs import ModelInputs, flatten_outputs, forward_signature, resolve_dynamic_axes
+from onnxport.inputs import (
+    ModelInputs,
+    chosen_names,
+    flatten_outputs,
+    forward_signature,
+    resolve_dynamic_axes,
+)
 
 TWO_GB = 2**31
 # The dynamo exporter builds opset 18 graphs and converts them with onnxscript's
@@ -67,15 +73,8 @@ def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: Expo
             f"{type(model).__name__} returned no tensors for the example inputs",
             fix="return a tensor (or a tuple/dict of tensors) from forward",
         )
-    output_names = [name for name, _ in outputs]
-    if config.output_names is not None:
-        if len(config.output_names) != len(output_names):
-            raise ConfigError(
-                f"export.output_names={config.output_names} has {len(config.output_names)} names but "
-                f"the model returns {len(output_names)} tensors ({', '.join(output_names)})",
-                fix="give exactly one name per output tensor, or leave output_names unset",
-            )
-        output_names = list(config.output_names)
+    derived = [name for name, _ in outputs]
+    output_names = chosen_names("output_names", config.output_names, derived, "the model returns")
     dynamic_axes = resolve_dynamic_axes(inputs, output_names, config, [t for _, t in outputs])
     axis_names = dynamic_axes
     if isinstance(model, torch.export.ExportedProgram):

@@ -122,15 +122,21 @@ def prepare_inputs(model: Any, example_inputs: Any, config: ExportConfig) -> Mod
             f"example inputs {_describe(example_inputs)} contain no tensor",
             fix="pass at least one torch.Tensor as an example input",
         )
-    if config.input_names is not None:
-        if len(config.input_names) != len(names):
-            raise ConfigError(
-                f"export.input_names={config.input_names} has {len(config.input_names)} names but the "
-                f"example inputs have {len(names)} tensors ({', '.join(names)})",
-                fix="give exactly one name per input tensor, or leave input_names unset",
-            )
-        names = list(config.input_names)
+    names = chosen_names("input_names", config.input_names, names, "the example inputs have")
     return ModelInputs(args=args, kwargs=kwargs, names=names, specs=specs)
+
+
+def chosen_names(option: str, given: list[str] | None, derived: list[str], counted: str) -> list[str]:
+    """``given`` names (from ``export.<option>``) if set, one per tensor, else the ``derived`` ones."""
+    if given is None:
+        return derived
+    if len(given) != len(derived):
+        raise ConfigError(
+            f"export.{option}={given} has {len(given)} names but {counted} {len(derived)} tensors "
+            f"({', '.join(derived)})",
+            fix=f"give exactly one name per tensor, or leave {option} unset",
+        )
+    return list(given)
 
 
 def forward_signature(model: Any) -> inspect.Signature:
