@@ -43,6 +43,11 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
     )
     external_bytes = sum(_file_size(path.parent / name) for name in external_files)
     metadata = {prop.key: prop.value for prop in model.metadata_props}
+    provenance = {
+        key[len(PROVENANCE_PREFIX) :]: _maybe_json(value)
+        for key, value in sorted(metadata.items())
+        if key.startswith(PROVENANCE_PREFIX)
+    }
     operators = Counter(_operators(graph))
     return {
         "path": str(path),
@@ -58,13 +63,9 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
         "outputs": [_value_info(v) for v in graph.output],
         "operators": dict(sorted(operators.items(), key=lambda item: (-item[1], item[0]))),
         "nodes": sum(operators.values()),
-        "provenance": {
-            key[len(PROVENANCE_PREFIX) :]: _maybe_json(value)
-            for key, value in sorted(metadata.items())
-            if key.startswith(PROVENANCE_PREFIX)
-        },
+        "provenance": provenance,
         "metadata": {k: v for k, v in sorted(metadata.items()) if not k.startswith(PROVENANCE_PREFIX)},
-        "validation": _validation_report(path),
+        "validation": _validation_report(path, provenance),
     }
 
 
@@ -106,20 +107,23 @@ def format_report(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _validation_report(path: Path) -> dict[str, Any] | None:
-    """Verdict and run context (git commit, host) from the report export wrote beside the file.
+def _validation_report(path: Path, provenance: dict[str, Any]) -> dict[str, Any] | None:
+    """Verdict and run context (git commit, host) from the report written at export.
 
-    The git commit is kept out of the ONNX file on purpose (same model, same bytes), so this is
-    where it is found.
+    The git commit is kept out of the ONNX file on purpose (same model, same bytes), so the
+    report is where it is found: at the configured ``validation.report`` (relative to the
+    directory export ran in, usually the cwd) or beside the file.
     """
-    report = path.with_name(f"{path.stem}.validation.json")
-    try:
-        data = json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    return {"path": str(report), "passed": bool(data.get("passed")), "run": data.get("run", {})}
+    config = provenance.get("config")
+    configured = config.get("validation", {}).get("report") if isinstance(config, dict) else None
+    for report in filter(None, (configured, path.with_name(f"{path.stem}.validation.json"))):
+        try:
+            data = json.loads(Path(report).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            return {"path": str(report), "passed": bool(data.get("passed")), "run": data.get("run", {})}
+    return None
 
 
 def _not_onnx(path: Path, reason: object) -> InputError:
