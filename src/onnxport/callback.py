@@ -193,7 +193,10 @@ class OnnxExportCallback(Callback):
 
         if outcome["error"] is not None:
             if self.on_error == "warn":
-                rank_zero_warn(f"OnnxExportCallback: export failed, nothing written: {outcome['error']}")
+                rank_zero_warn(
+                    f"OnnxExportCallback: export failed, nothing was written to {self._output_path}: "
+                    f"{outcome['error']}"
+                )
                 return
             if error is not None:
                 raise error
@@ -202,6 +205,8 @@ class OnnxExportCallback(Callback):
                 fix="see the error raised on rank 0",
             )
         self.last_path, self.last_sha256 = outcome["path"], outcome["sha256"]
+        if trainer.is_global_zero:
+            self._log_result(trainer, self.last_result)
 
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ExportResult:
         from onnxport.pipeline import export
@@ -211,7 +216,6 @@ class OnnxExportCallback(Callback):
         with _modes_restored(model):
             result = export(model, example_inputs, self._output_path, config=self.config)
         self.last_result = result
-        self._log_result(trainer, result)
         return result
 
     def _checkpoint_copy(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module:
