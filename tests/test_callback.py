@@ -297,9 +297,13 @@ def test_best_and_last_checkpoints_export_their_weights_and_leave_the_module_alo
 
 
 @pytest.mark.slow
-def test_best_without_a_checkpoint_callback_is_a_checkpoint_error(tmp_path):
-    callback = OnnxExportCallback(tmp_path / "model.onnx", ckpt_path="best")
-    with pytest.raises(CheckpointError, match="ckpt_path='best'"):
+@pytest.mark.parametrize(
+    ("ckpt_path", "message"),
+    [("best", "saved no best checkpoint"), ("last", "saved no last checkpoint"), ("gone.ckpt", "not a file")],
+)
+def test_missing_checkpoint_is_a_checkpoint_error(tmp_path, ckpt_path, message):
+    callback = OnnxExportCallback(tmp_path / "model.onnx", ckpt_path=ckpt_path)
+    with pytest.raises(CheckpointError, match=message):
         make_trainer(tmp_path, [callback]).fit(Regressor(), regression_data(n=4))
     assert not (tmp_path / "model.onnx").exists()
 
