@@ -25,8 +25,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from pipelines.data import load_split
     from pipelines.model import DigitsCNN
 
+    torch.set_num_threads(cfg.threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = cfg.threads  # the same budget for both sides of the comparison
     images, labels = load_split(cfg.data.dir, "test")
-    session = ort.InferenceSession(cfg.paths.model, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(cfg.paths.model, options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
     def run_onnx(batch: np.ndarray) -> np.ndarray:

@@ -16,10 +16,12 @@ def train(cfg: DictConfig) -> Path:
     reference config); seeding and ``deterministic: true`` make reruns give the same weights.
     """
     import pytorch_lightning as pl
+    import torch
     from hydra.utils import instantiate
 
     from pipelines.data import DigitsDataModule
 
+    torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = instantiate(cfg.model)
     data = DigitsDataModule(cfg.data.dir, cfg.data.batch_size, seed=cfg.seed)
