@@ -229,8 +229,14 @@ def _hydra_argv(args: list[str]) -> list[str]:
         if size and flags[start : start + size] == parsed.overrides:
             del flags[start : start + size]
             break
-    if parsed.config_dir is None and Path(DEFAULT_CONFIG_DIR).is_dir():
-        flags += ["--config-dir", DEFAULT_CONFIG_DIR]
+    if parsed.config_dir is None:
+        if Path(DEFAULT_CONFIG_DIR).is_dir():
+            flags += ["--config-dir", DEFAULT_CONFIG_DIR]
+        elif not (parsed.help or parsed.hydra_help):
+            raise ConfigError(
+                f"no --config-dir given and there is no ./{DEFAULT_CONFIG_DIR} in {Path.cwd()}",
+                fix="run from the project root or pass --config-dir DIR (the dir holding config.yaml)",
+            )
     return [*HYDRA_APP_OVERRIDES, *parsed.overrides, *flags]
 
 
@@ -262,17 +268,18 @@ def _as_config_error(error: Exception) -> ConfigError | None:
     """Hydra composition and OmegaConf errors (unknown key, wrong type) as one-line ConfigErrors."""
     if not type(error).__module__.startswith(("hydra.", "omegaconf.")):
         return None
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
     if not isinstance(error, (HydraException, OmegaConfBaseException)):
         return None
     cause = error.__cause__
     detail = f": {cause}" if isinstance(cause, OmegaConfBaseException) else ""
-    return ConfigError(
-        f"{error}{detail}",
-        fix="check the key and value against `onnxport export --cfg job` and the config reference",
-    )
+    if isinstance(error, MissingConfigException):
+        fix = "check --config-dir, --config-name and the config group choices in the defaults lists"
+    else:
+        fix = "check the key and value against `onnxport export --cfg job` and the config reference"
+    return ConfigError(f"{error}{detail}", fix=fix)
 
 
 def register_configs() -> None:
