@@ -204,3 +204,11 @@ def test_unknown_command_and_no_command_exit_2(capsys):
     assert main([]) == 2
     assert main(["--help"]) == 0
     assert "onnxport inspect FILE" in capsys.readouterr().out
+
+
+def test_export_without_a_config_dir_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("onnxport export: error: no --config-dir given") and len(error.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
