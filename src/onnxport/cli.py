@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxport.errors import EXIT_BAD_INPUT, ConfigError, OnnxportError
+from onnxport.errors import EXIT_BAD_INPUT, ConfigError, InputError, OnnxportError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -345,21 +345,24 @@ def _validate_command(args: list[str]) -> int:
     parser.add_argument("--checkpoint", help="checkpoint to compare against (default: the config's)")
     parser.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, help="the Hydra config dir (conf)")
     parser.add_argument("--config-name", default=DEFAULT_CONFIG_NAME, help="primary config name (config)")
-    parser.add_argument("--report", help="where the JSON report goes (default: as at export)")
+    parser.add_argument(
+        "--report",
+        help="where the JSON report goes (default: <FILE stem>.validation.json beside FILE)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. export.validation.atol=1e-3")
     options = parser.parse_intermixed_args(args)  # FILE, flags and overrides in any order
     if not Path(options.file).is_file():
-        raise ConfigError(f"{options.file} does not exist", fix="pass the path of an existing .onnx file")
+        raise InputError(f"{options.file} does not exist", fix="pass the path of an existing .onnx file")
 
     _import_from_cwd()
     cfg = compose_config(options.config_dir, options.config_name, options.overrides)
     config = export_config_from(cfg)
     checkpoint = options.checkpoint or _required(cfg, "checkpoint")
     model = model_from_config(cfg, checkpoint)
+    # Not export.validation.report: that is the export stage's DVC metric, and rewriting it
+    # would make `dvc repro` run the stage again.
     report_path = Path(
-        options.report
-        or config.validation.report
-        or Path(options.file).with_name(f"{Path(options.file).stem}.validation.json")
+        options.report or Path(options.file).with_name(f"{Path(options.file).stem}.validation.json")
     )
     try:
         report = onnxport.validate(options.file, model, None, config=config)
