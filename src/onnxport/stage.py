@@ -23,9 +23,11 @@ Every stage command that is a Hydra app calls it first::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,16 +122,15 @@ def _repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT", here))
 
 
-class _fresh_global_hydra:
-    """DVC's composition initialises Hydra itself; inside a running Hydra app that would fail."""
+@contextlib.contextmanager
+def _fresh_global_hydra() -> Iterator[None]:
+    """DVC's composition initialises Hydra itself, which fails inside a running Hydra app."""
+    from hydra.core.global_hydra import GlobalHydra
 
-    def __enter__(self) -> None:
-        from hydra.core.global_hydra import GlobalHydra
-
-        self._saved = GlobalHydra.instance().hydra
-        GlobalHydra.instance().clear()
-
-    def __exit__(self, *exc: object) -> None:
-        from hydra.core.global_hydra import GlobalHydra
-
-        GlobalHydra.instance().hydra = self._saved
+    saved = GlobalHydra.instance().hydra
+    GlobalHydra.instance().clear()
+    try:
+        yield
+    finally:
+        # Hydra's initialize() swaps the singleton for a copy on exit: look it up again.
+        GlobalHydra.instance().hydra = saved
