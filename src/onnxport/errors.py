@@ -28,7 +28,9 @@ class OnnxportError(Exception):
 
     def __str__(self) -> str:
         message = " ".join(self.message.split())  # one line, whatever the caller built
-        return f"{message}. Fix: {self.fix}" if self.fix else message
+        if not self.fix:
+            return message
+        return f"{message.rstrip('.')}. Fix: {' '.join(self.fix.split())}"
 
 
 class ConfigError(OnnxportError, ValueError):
