@@ -201,3 +201,34 @@ def test_a_rejected_file_is_kept_beside_the_output(tmp_path):
     staged.write_bytes(b"rejected")
     rejected = publish.keep_rejected(staged, tmp_path / "model.onnx")
     assert rejected == tmp_path / "model.rejected.onnx" and rejected.read_bytes() == b"rejected"
+
+
+def test_streamed_weights_parse_back_to_the_exported_tensors_in_order(raw_dynamo, tmp_path):
+    staged = tmp_path / "model.onnx"
+    finalize(raw_dynamo, staged, ExportConfig())
+    exported = onnx.load(str(raw_dynamo))  # with its external data
+    published = onnx.load(str(staged))
+    assert [t.name for t in published.graph.initializer] == [t.name for t in exported.graph.initializer]
+    for ours, theirs in zip(published.graph.initializer, exported.graph.initializer, strict=True):
+        assert ours.data_location == onnx.TensorProto.DEFAULT and not ours.external_data
+        np.testing.assert_array_equal(
+            onnx.numpy_helper.to_array(ours), onnx.numpy_helper.to_array(theirs, str(raw_dynamo.parent))
+        )
+    onnx.checker.check_model(str(staged), full_check=True)
+
+
+def test_an_inline_torchscript_export_can_be_published_with_external_data(tmp_path):
+    torch.manual_seed(0)
+    model = TinyMLP().eval()
+    config = ExportConfig.coerce(None, exporter="torchscript", external_data="always")
+    raw = tmp_path / "raw.onnx"
+    run = run_exporter(model, prepare_inputs(model, torch.randn(2, 4), config), raw, config)
+    assert run.external_data and not Path(f"{raw}.data").exists()  # TorchScript wrote one file
+
+    staged = tmp_path / "ts.onnx"
+    finalize(raw, staged, config, external=True)
+    header = onnx.load(str(staged), load_external_data=False)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in header.graph.initializer)
+    x = np.ones((3, 4), np.float32)
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(run_onnx(staged, {"x": x})[0], expected, atol=1e-5)

@@ -93,7 +93,7 @@ def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: Expo
         try:
             with preserved_state(model):
                 if exporter == "dynamo":
-                    _export_dynamo(target, traced, path, config, output_names, axis_names, external)
+                    _export_dynamo(target, traced, path, config, output_names, axis_names)
                 else:
                     _export_torchscript(target, traced, path, config, output_names, dynamic_axes)
         except ConfigError:
@@ -162,7 +162,6 @@ def _export_dynamo(
     config: ExportConfig,
     output_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
-    external: bool,
 ) -> None:
     is_program = isinstance(model, torch.export.ExportedProgram)
     with _quiet():
@@ -175,13 +174,13 @@ def _export_dynamo(
             input_names=inputs.names,
             output_names=output_names,
             dynamic_shapes=None if is_program else _dynamic_shapes(model, inputs, dynamic_axes),
-            external_data=external,
             optimize=True,
             verbose=False,
         )
         if is_program:
             program.rename_axes(_symbol_names(program.model.graph.inputs, dynamic_axes))
-        program.save(str(path), external_data=external)
+        # weights stream to raw.onnx.data; publish decides the final layout without a copy in memory
+        program.save(str(path), external_data=True)
 
 
 def _symbol_names(graph_inputs: Any, dynamic_axes: dict[str, dict[int, str]]) -> dict[str, str]:

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onnxport.config import ExportConfig
 from onnxport.errors import InputError, PublishError
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 METADATA_PREFIX = "onnxport."
 PRODUCER_NAME = "onnxport"
+TWO_GB = 2**31
 
 
 def check_output(output: str | os.PathLike) -> Path:
@@ -102,10 +103,15 @@ def finalize(
     model_version: int,
     external_data: bool,
 ) -> None:
-    """Write ``raw`` as ``staged``: scrubbed, with ``metadata``, weights inline or in ``<staged>.data``."""
+    """Write ``raw`` as ``staged``: scrubbed, with ``metadata``, weights inline or in ``<staged>.data``.
+
+    Weights are streamed one tensor at a time, so a model whose raw export keeps its
+    weights in external data (the dynamo path) is published without a second copy of
+    them in memory.
+    """
     import onnx
 
-    model = onnx.load(str(raw), load_external_data=True)
+    model = onnx.load(str(raw), load_external_data=False)
     scrub(model)
     model.producer_name = PRODUCER_NAME
     model.producer_version = metadata.get(METADATA_PREFIX + "version", "")
@@ -113,23 +119,124 @@ def finalize(
     del model.metadata_props[:]
     for key, value in sorted(metadata.items()):
         model.metadata_props.add(key=key, value=value)
-    try:
-        if external_data:
-            onnx.save_model(
-                model,
-                str(staged),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=f"{staged.name}.data",  # relative: the pair can be moved together
-                size_threshold=0,  # always means every tensor, however small
-            )
-        else:
-            onnx.save_model(model, str(staged))
-    except ValueError as error:  # protobuf refuses a single message over 2 GB
+
+    tensors = list(model.graph.initializer)
+    model.graph.ClearField("initializer")  # the tensors keep their data; the header gets small
+    if external_data:
+        _write_external(model, tensors, raw.parent, staged)
+    else:
+        _write_inline(model, tensors, raw.parent, staged)
+
+
+def _write_inline(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: Path) -> None:
+    """One self-contained file: the header, then each initializer as its own serialized fragment.
+
+    Protobuf merges repeated occurrences of a message field, so ``header + fragments``
+    parses as the header with every initializer appended, in order. Each fragment is
+    written by hand (``graph { initializer { <tensor without raw_data> raw_data } }``)
+    so the weight bytes are copied from the raw export in chunks, never held whole.
+    """
+    import onnx
+
+    total = sum(_payload_size(tensor) or 0 for tensor in tensors)
+    if total >= TWO_GB:
         raise PublishError(
-            f"the model does not fit in one ONNX file: {error}",
-            fix="set export.external_data: always (weights go to <name>.onnx.data)",
-        ) from None
+            f"the weights ({total / 2**30:.1f} GiB) do not fit in one ONNX file (2 GiB protobuf limit)",
+            fix="set export.external_data to auto or always (weights go to <name>.onnx.data)",
+        )
+    graph_field = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+    initializer_field = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+    raw_data_field = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+    with open(staged, "wb") as out:
+        out.write(model.SerializeToString())
+        for tensor in tensors:
+            size = _payload_size(tensor)
+            if size is None:  # strings and typed fields: small, serialize as they are
+                fragment = onnx.ModelProto(graph=onnx.GraphProto(initializer=[tensor]))
+                out.write(fragment.SerializeToString())
+                continue
+            source = _detach_payload(tensor, raw_dir)
+            head = tensor.SerializeToString() + _key(raw_data_field, size)
+            tensor_length = len(head) + size
+            initializer = _key(initializer_field, tensor_length)
+            out.write(_key(graph_field, len(initializer) + tensor_length) + initializer + head)
+            source(out)
+
+
+def _write_external(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: Path) -> None:
+    """The header at ``staged`` and every initializer's bytes in ``<staged>.data`` (relative location)."""
+    import onnx
+
+    location = f"{staged.name}.data"  # relative: the pair can be moved together
+    with open(staged.parent / location, "wb") as data:
+        for tensor in tensors:
+            size = _payload_size(tensor)
+            if size is not None:
+                source = _detach_payload(tensor, raw_dir)
+                offset = data.tell()
+                source(data)
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for key, value in (("location", location), ("offset", offset), ("length", size)):
+                    tensor.external_data.add(key=key, value=str(value))
+            model.graph.initializer.append(tensor)
+    with open(staged, "wb") as out:
+        out.write(model.SerializeToString())
+
+
+def _payload_size(tensor: onnx.TensorProto) -> int | None:
+    """Bytes of the tensor's raw data, inline or external; ``None`` when it has no raw layout."""
+    import onnx
+
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        return int(info["length"])
+    return len(tensor.raw_data) if tensor.HasField("raw_data") else None
+
+
+def _detach_payload(tensor: onnx.TensorProto, raw_dir: Path) -> Any:
+    """Take the raw data off ``tensor``; returns a function that writes it to a file, in chunks."""
+    import onnx
+
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        payload = tensor.raw_data
+        tensor.ClearField("raw_data")
+        return lambda out: out.write(payload)
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
+
+    def copy(out: Any) -> None:
+        with open(raw_dir / info["location"], "rb") as source:
+            source.seek(int(info.get("offset", 0)))
+            remaining = int(info["length"])
+            while remaining:
+                chunk = source.read(min(remaining, 1 << 24))
+                if not chunk:
+                    raise PublishError(
+                        f"the exported weights of {tensor.name!r} are truncated",
+                        fix="re-run the export; check the disk is not full",
+                    )
+                out.write(chunk)
+                remaining -= len(chunk)
+
+    return copy
+
+
+def _key(field_number: int, length: int) -> bytes:
+    """A length-delimited protobuf field's tag and length."""
+    return _varint(field_number << 3 | 2) + _varint(length)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def scrub(model: onnx.ModelProto) -> None:
