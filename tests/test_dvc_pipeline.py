@@ -98,6 +98,13 @@ def test_first_repro_runs_every_stage_and_writes_model_and_metrics(pipeline: Pip
     assert accuracy["onnx_accuracy"] == pytest.approx(accuracy["torch_accuracy"], abs=1 / 270)
 
 
+def test_summary_says_where_the_model_is_and_its_accuracy(pipeline: Pipeline):
+    text = run([sys.executable, "-m", "pipelines.summary"], pipeline.root)
+    assert str(pipeline.root / "models" / "model.onnx") in text
+    accuracy = json.loads((pipeline.root / "metrics" / "accuracy.json").read_text())
+    assert f"{accuracy['onnx_accuracy']:.4f} in ONNX Runtime" in text
+
+
 def test_second_repro_runs_nothing(pipeline: Pipeline):
     output = dvc(pipeline.root, "repro")
     assert ran_stages(output) == []
