@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import TinyCNN, TinyMLP, run_onnx
 from onnxport.config import ExportConfig
-from onnxport.errors import ConfigError, ExportError, UnsupportedOperatorError
+from onnxport.errors import ConfigError, ExportError, InputError, UnsupportedOperatorError
 from onnxport.exporters import preserved_state, run_exporter, supported_opsets
 from onnxport.inputs import prepare_inputs
 
@@ -223,7 +223,8 @@ def test_an_axis_the_model_specialises_is_an_error_naming_the_axis(tmp_path):
 
 
 def test_output_names_from_the_config_must_match_the_outputs(tmp_path):
-    run = export(TinyMLP().eval(), torch.randn(2, 4), tmp_path / "a.onnx", output_names=["scores"])
+    path = tmp_path / "a.onnx"
+    run = export(TinyMLP().eval(), torch.randn(2, 4), path, exporter="torchscript", output_names=["scores"])
     assert run.output_names == ["scores"]
     with pytest.raises(ConfigError, match=r"has 2 names but the model returns 1 tensors \(output\)"):
         export(TinyMLP(), torch.randn(2, 4), tmp_path / "b.onnx", output_names=["a", "b"])
@@ -241,3 +242,20 @@ def test_preserved_state_restores_modes_and_grad_flags_even_on_error():
         raise RuntimeError("export failed")
     assert model.training and model.bn.training and not model.drop.training
     assert not model.conv.weight.requires_grad and model.head.weight.requires_grad
+
+
+def test_exporting_a_training_model_leaves_its_batch_norm_statistics_alone(tmp_path):
+    model = TinyCNN().train()
+    running_mean = model.bn.running_mean.clone()
+    batches_seen = int(model.bn.num_batches_tracked)
+    export(model, torch.randn(2, 1, 8, 8), tmp_path / "cnn.onnx", exporter="torchscript")
+    assert torch.equal(model.bn.running_mean, running_mean)
+    assert int(model.bn.num_batches_tracked) == batches_seen
+    assert model.training and model.bn.training
+
+
+def test_inputs_that_bind_but_break_forward_are_an_input_error(tmp_path):
+    expected = r"TinyMLP raised RuntimeError on the example inputs \(x\(2, 5\)\)"
+    with pytest.raises(InputError, match=expected) as error:
+        export(TinyMLP(), torch.randn(2, 5), tmp_path / "m.onnx")
+    assert "forward(x: torch.Tensor)" in error.value.fix

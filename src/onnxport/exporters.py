@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from onnxport.config import ExportConfig
-from onnxport.errors import ConfigError, ExportError, UnsupportedOperatorError
+from onnxport.errors import ConfigError, ExportError, InputError, UnsupportedOperatorError
 from onnxport.inputs import (
     ModelInputs,
     chosen_names,
@@ -64,10 +64,13 @@ def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: Expo
     the model, recording why. A dynamic axis the model specialises is an error in
     every mode: the fallback would only hide it.
     """
-    path = Path(path)
-    candidates, forced_reason = _candidates(model, config)
+    with preserved_state(model):  # eval mode from the first call: batch norm must not update
+        return _run(model, inputs, Path(path), config)
 
-    outputs = flatten_outputs(inputs.call(model))
+
+def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> ExporterRun:
+    candidates, forced_reason = _candidates(model, config)
+    outputs = flatten_outputs(_probe(model, inputs))
     if not outputs:
         raise ExportError(
             f"{type(model).__name__} returned no tensors for the example inputs",
@@ -91,11 +94,10 @@ def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: Expo
     failures: list[tuple[str, BaseException]] = []
     for exporter in candidates:
         try:
-            with preserved_state(model):
-                if exporter == "dynamo":
-                    _export_dynamo(target, traced, path, config, output_names, axis_names)
-                else:
-                    _export_torchscript(target, traced, path, config, output_names, dynamic_axes)
+            if exporter == "dynamo":
+                _export_dynamo(target, traced, path, config, output_names, axis_names)
+            else:
+                _export_torchscript(target, traced, path, config, output_names, dynamic_axes)
         except ConfigError:
             raise
         except Exception as error:
@@ -110,6 +112,19 @@ def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: Expo
         reason = "; ".join(([forced_reason] if forced_reason else []) + reasons) or None
         return ExporterRun(exporter, reason, list(inputs.names), output_names, dynamic_axes, external)
     raise _export_failure(failures, config.opset)
+
+
+def _probe(model: Any, inputs: ModelInputs) -> Any:
+    """One eager call: the output structure names the outputs; a failure here is the inputs' fault."""
+    try:
+        return inputs.call(model)
+    except Exception as error:
+        shapes = ", ".join(f"{name}{tuple(shape)}" for name, shape in inputs.shapes().items())
+        raise InputError(
+            f"{type(model).__name__} raised {type(error).__name__} on the example inputs ({shapes}): "
+            f"{_summary(error)}",
+            fix=f"pass example inputs that forward{forward_signature(model)} accepts",
+        ) from error
 
 
 def _candidates(model: Any, config: ExportConfig) -> tuple[list[str], str | None]:
