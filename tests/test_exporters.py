@@ -259,3 +259,10 @@ def test_inputs_that_bind_but_break_forward_are_an_input_error(tmp_path):
     with pytest.raises(InputError, match=expected) as error:
         export(TinyMLP(), torch.randn(2, 5), tmp_path / "m.onnx")
     assert "forward(x: torch.Tensor)" in error.value.fix
+
+
+def test_auto_falls_back_when_dynamo_cannot_reach_the_opset(tmp_path):
+    path = tmp_path / "mlp13.onnx"
+    run = export(TinyMLP().eval(), torch.randn(2, 4), path, opset=13)
+    assert run.exporter == "torchscript" and opset_of(path) == 13
+    assert "dynamo failed: export.opset=13 could not be produced" in run.fallback_reason

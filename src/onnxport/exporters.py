@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from onnxport.config import ExportConfig
-from onnxport.errors import ConfigError, ExportError, InputError, UnsupportedOperatorError
+from onnxport.errors import (
+    ConfigError,
+    ExportError,
+    InputError,
+    OnnxportError,
+    UnsupportedOperatorError,
+)
 from onnxport.inputs import (
     ModelInputs,
     chosen_names,
@@ -46,6 +52,10 @@ class ExporterRun:
     """Requested dynamic axes, torch.onnx form, inputs and outputs."""
     external_data: bool
     """The weights must be stored as external data (over 2 GB, or ``external_data: always``)."""
+
+
+class OpsetNotProduced(ConfigError):
+    """The exporter ran but could not convert the graph to the requested opset."""
 
 
 def supported_opsets(exporter: str) -> tuple[int, int]:
@@ -98,7 +108,13 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
                 _export_dynamo(target, traced, path, config, output_names, axis_names)
             else:
                 _export_torchscript(target, traced, path, config, output_names, dynamic_axes)
-        except ConfigError:
+            _check_file(path, inputs.names, dynamic_axes, config.opset, exporter)
+        except OpsetNotProduced as error:
+            if exporter == candidates[-1]:
+                raise
+            failures.append((exporter, error))  # TorchScript may still write that opset
+            continue
+        except (ConfigError, ExportError):
             raise
         except Exception as error:
             _remove(path)
@@ -107,7 +123,6 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
                 raise _specialised_error(specialised, dynamic_axes) from error
             failures.append((exporter, error))
             continue
-        _check_file(path, inputs.names, dynamic_axes, config.opset, exporter)
         reasons = [f"{name} failed: {_summary(error)}" for name, error in failures]
         reason = "; ".join(([forced_reason] if forced_reason else []) + reasons) or None
         return ExporterRun(exporter, reason, list(inputs.names), output_names, dynamic_axes, external)
@@ -374,7 +389,7 @@ def _check_file(
     produced = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if produced != opset:
         _remove(path)
-        raise ConfigError(
+        raise OpsetNotProduced(
             f"export.opset={opset} could not be produced by the {exporter} exporter for this model "
             f"(it wrote opset {produced})",
             fix=f"use opset {produced} or an opset the model's operators can be converted to",
@@ -452,6 +467,8 @@ def _unsupported_operator(error: BaseException) -> str | None:
 
 def _summary(error: BaseException) -> str:
     """One line from a torch.onnx error: the root exception's summary, not the advice around it."""
+    if isinstance(error, OnnxportError):
+        return " ".join(error.message.split())
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     root = [line for line in lines if line.startswith("<class '")]
