@@ -364,7 +364,8 @@ def _quiet() -> Iterator[None]:
     """Silence torch.onnx's deprecation and tracer chatter; errors still propagate."""
     import logging
 
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo")]
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
