@@ -171,7 +171,11 @@ def test_editing_conf_export_reruns_export_and_evaluate_only(pipeline: Pipeline)
 
 def test_exp_run_set_opset_17_gives_an_opset_17_model(pipeline: Pipeline):
     assert opset_and_version(pipeline.root / "models" / "model.onnx")[0] == 18  # conf/export's opset
-    output = dvc(pipeline.root, "exp", "run", "-S", "export.opset=17")
+    output = dvc(pipeline.root, "exp", "run", "-S", "export.opset=17", "-S", "evaluate.batch_sizes=[1,4]")
     assert ran_stages(output) == ["export", "evaluate"]
     assert opset_and_version(pipeline.root / "models" / "model.onnx")[0] == 17
-    assert yaml.safe_load((pipeline.root / "params.yaml").read_text())["export"]["opset"] == 17
+    params = yaml.safe_load((pipeline.root / "params.yaml").read_text())
+    assert params["export"]["opset"] == 17
+    # The pipeline's own stages see -S too, not only `onnxport export`.
+    latency = json.loads((pipeline.root / "plots" / "latency.json").read_text())
+    assert [row["batch_size"] for row in latency] == [1, 4]
