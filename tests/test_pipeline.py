@@ -355,3 +355,14 @@ def test_a_lightning_module_exports_from_its_example_input_array(tmp_path):
     assert "net.fc1.weight" in initializers
     (got,) = run_onnx(result.path, {"x": np.ones((3, 4), np.float32)})
     np.testing.assert_allclose(got, module(torch.ones(3, 4)).detach().numpy(), atol=1e-5)
+
+
+def test_float_inputs_follow_a_double_model_which_stays_double(tmp_path):
+    torch.manual_seed(0)
+    model = TinyMLP().double().eval()
+    result = onnxport.export(model, torch.randn(2, 4), tmp_path / "double.onnx", exporter="torchscript")
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert result.validation.passed
+    x = np.ones((3, 4), np.float64)
+    (got,) = run_onnx(result.path, {"x": x})
+    np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), atol=1e-9)
