@@ -160,6 +160,7 @@ def test_an_exported_program_goes_through_dynamo_with_its_own_dynamic_shapes(tmp
     run = export(program, torch.randn(2, 4), path)
     assert run.exporter == "dynamo"
     assert graph_dims(path)["x"] == ["batch", 4]
+    assert run.dynamic_axes["x"] == {0: "batch"}  # what the file holds, not only what was asked
     with pytest.raises(ConfigError, match=r"'torchscript' cannot export a torch\.export\.ExportedProgram"):
         export(program, torch.randn(2, 4), tmp_path / "no.onnx", exporter="torchscript")
 

@@ -49,7 +49,7 @@ class ExporterRun:
     input_names: list[str]
     output_names: list[str]
     dynamic_axes: dict[str, dict[int, str]]
-    """Requested dynamic axes, torch.onnx form, inputs and outputs."""
+    """The symbolic axes of the written graph's inputs and outputs, torch.onnx form."""
     external_data: bool
     """The weights must be stored as external data (over 2 GB, or ``external_data: always``)."""
 
@@ -125,7 +125,8 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
             continue
         reasons = [f"{name} failed: {_summary(error)}" for name, error in failures]
         reason = "; ".join(([forced_reason] if forced_reason else []) + reasons) or None
-        return ExporterRun(exporter, reason, list(inputs.names), output_names, dynamic_axes, external)
+        written = _symbolic_axes(path)
+        return ExporterRun(exporter, reason, list(inputs.names), output_names, written, external)
     raise _export_failure(failures, config.opset)
 
 
@@ -405,6 +406,19 @@ def _check_file(
             if axis < len(dims) and dims[axis].HasField("dim_value"):
                 _remove(path)
                 raise _specialised_error((name, axis, dims[axis].dim_value), dynamic_axes)
+
+
+def _symbolic_axes(path: Path) -> dict[str, dict[int, str]]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    axes = {}
+    for value in [*graph.input, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        named = {axis: dim.dim_param for axis, dim in enumerate(dims) if dim.dim_param}
+        if named:
+            axes[value.name] = named
+    return axes
 
 
 _SPECIALISED = re.compile(
