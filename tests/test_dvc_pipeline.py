@@ -92,6 +92,7 @@ def test_first_repro_runs_every_stage_and_writes_model_and_metrics(pipeline: Pip
     assert pipeline.first_repro_seconds < 120
     root = pipeline.root
     assert (root / "models" / "model.onnx").is_file()
+    assert (root / "checkpoints" / "best.onnx").is_file()  # OnnxExportCallback in the train stage
     assert json.loads((root / "metrics" / "validation.json").read_text())["passed"] in (True, 1)
     accuracy = json.loads((root / "metrics" / "accuracy.json").read_text())
     assert accuracy["onnx_accuracy"] > 0.9
@@ -179,3 +180,42 @@ def test_exp_run_set_opset_17_gives_an_opset_17_model(pipeline: Pipeline):
     # The pipeline's own stages see -S too, not only `onnxport export`.
     latency = json.loads((pipeline.root / "plots" / "latency.json").read_text())
     assert [row["batch_size"] for row in latency] == [1, 4]
+
+
+def quick_start_snippets() -> tuple[str, str]:
+    """The ``conf/onnx.yaml`` and ``dvc.yaml`` blocks of the quick start in docs/dvc-stage.md."""
+    text = (REPO_ROOT / "docs" / "dvc-stage.md").read_text()
+    quick_start = text[text.index("## Quick start") :]
+    conf, stage = re.findall(r"```yaml\n(.*?)```", quick_start, flags=re.S)[:2]
+    return conf, stage
+
+
+def test_quick_start_adds_the_stage_to_an_existing_project(pipeline: Pipeline, tmp_path: Path):
+    # An existing DVC + Hydra project: model code, a training config with `model:`, a checkpoint.
+    project = tmp_path / "project"
+    shutil.copytree(pipeline.root / "pipelines", project / "pipelines")
+    shutil.copytree(pipeline.root / "conf" / "model", project / "conf" / "model")
+    (project / "conf" / "config.yaml").write_text("defaults:\n  - model: digits_cnn\n  - _self_\n")
+    (project / "checkpoints").mkdir()
+    shutil.copy2(pipeline.root / "checkpoints" / "best.ckpt", project / "checkpoints")
+    (project / ".gitignore").write_text("/checkpoints/\n__pycache__/\n")
+    git(project, "init", "-q", "-b", "main")
+    dvc(project, "init", "-q")
+    dvc(project, "config", "core.analytics", "false")
+
+    conf, stage = quick_start_snippets()
+    (project / "conf" / "onnx.yaml").write_text(conf)
+    (project / "dvc.yaml").write_text(stage)
+    dvc(project, "config", "hydra.enabled", "true")
+    dvc(project, "config", "hydra.config_name", "onnx")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "add the onnxport export stage")
+
+    assert ran_stages(dvc(project, "exp", "run")) == ["export"]
+    assert opset_and_version(project / "models" / "model.onnx")[0] == 18
+    assert (project / "metrics" / "validation.json").is_file()
+    assert ran_stages(dvc(project, "repro")) == []
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "export")
+    assert ran_stages(dvc(project, "exp", "run", "-S", "export.opset=17")) == ["export"]
+    assert opset_and_version(project / "models" / "model.onnx")[0] == 17
