@@ -86,6 +86,24 @@ class TokenClassifier(nn.Module):
         return self.head(self.embed(input_ids).mean(dim=1))
 
 
+@torch.library.custom_op("onnxport_tests::mystery", mutates_args=())
+def mystery(x: torch.Tensor) -> torch.Tensor:
+    """A custom operator with no ONNX translation in either exporter."""
+    return x.flip(-1)
+
+
+@mystery.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class Mysterious(nn.Module):
+    """Uses ``onnxport_tests::mystery``, which no exporter can translate."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mystery(x) + 1
+
+
 @pytest.fixture
 def mlp() -> TinyMLP:
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TinyCNN, TinyMLP, run_onnx
+from conftest import Mysterious, TinyCNN, TinyMLP, run_onnx
 from onnxport.config import ExportConfig
 from onnxport.errors import ConfigError, ExportError, InputError, UnsupportedOperatorError
 from onnxport.exporters import preserved_state, run_exporter, supported_opsets
@@ -36,16 +36,6 @@ torch.onnx.register_custom_op_symbolic(
 )
 
 
-@torch.library.custom_op("onnxport_tests::mystery", mutates_args=())
-def mystery(x: torch.Tensor) -> torch.Tensor:
-    return x.flip(-1)
-
-
-@mystery.register_fake
-def _(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x)
-
-
 class Doubles(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -53,11 +43,6 @@ class Doubles(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return double(self.fc(x))
-
-
-class Mysterious(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return mystery(x) + 1
 
 
 class FixedBatch(nn.Module):

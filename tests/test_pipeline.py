@@ -19,23 +19,9 @@ import torch
 from torch import nn
 
 import onnxport
-from conftest import REPO_ROOT, TinyCNN, TinyMLP, run_onnx
+from conftest import REPO_ROOT, Mysterious, TinyCNN, TinyMLP, run_onnx
 from onnxport.errors import ConfigError, InputError, UnsupportedOperatorError, ValidationError
-
-
-@torch.library.custom_op("onnxport_pipeline_tests::mystery", mutates_args=())
-def mystery(x: torch.Tensor) -> torch.Tensor:
-    return x.flip(-1)
-
-
-@mystery.register_fake
-def _(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x)
-
-
-class Mysterious(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return mystery(x) * 2
+from onnxport.load import file_sha256
 
 
 class FixedBatch(nn.Module):
@@ -78,7 +64,7 @@ def test_export_publishes_a_validated_batch_dynamic_file(cnn_export):
     assert result.exporter == "dynamo" and result.fallback_reason is None
     assert result.input_names == ["image"] and result.output_names == ["output"]
     assert result.path.is_file() and result.size_bytes == result.path.stat().st_size
-    assert result.sha256 == onnxport.publish.sha256(result.path)
+    assert result.sha256 == file_sha256(result.path)
     assert result.validation is not None and result.validation.passed
     assert listing(result.path.parent) == ["cnn.onnx", "cnn.validation.json"]  # nothing stray
 
@@ -193,11 +179,11 @@ BAD_INPUTS = {
     ),
 }
 BAD_INPUT_MESSAGES = {
-    "not a module": r"model is a dict, not a torch.nn.Module",
+    "not a module": r"model must be a torch.nn.Module, ScriptModule or ExportedProgram, got dict",
     "inputs do not fit forward": r"do not fit forward\(x: torch.Tensor\) -> torch.Tensor",
     "unknown config key": r"unknown key export.colour; valid keys of export: .*dynamic_axes",
     "opset the exporter cannot produce": r"opset=21 cannot be produced by the torchscript exporter",
-    "operator no exporter supports": r"operator onnxport_pipeline_tests::mystery cannot be exported",
+    "operator no exporter supports": r"operator onnxport_tests::mystery cannot be exported",
 }
 
 
@@ -227,7 +213,7 @@ def test_a_file_that_fails_validation_is_rejected_and_the_output_untouched(tmp_p
         onnxport.export(FixedBatch(), torch.randn(2, 4), output, exporter="torchscript")
     assert error.value.exit_code == 1 and error.value.report is not None
     assert output.read_bytes() == b"the previous, good model"
-    assert listing(tmp_path) == ["model.onnx", "model.rejected.onnx"]
+    assert listing(tmp_path) == ["model.onnx", "model.rejected.onnx", "model.rejected.validation.json"]
     onnx.checker.check_model(str(tmp_path / "model.rejected.onnx"))
 
 
@@ -329,7 +315,7 @@ def test_two_processes_in_different_places_write_byte_identical_files(tmp_path):
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr[-2000:]
         digests.append(stdout.strip().splitlines()[-1])
-        assert digests[-1] == onnxport.publish.sha256(output)
+        assert digests[-1] == file_sha256(output)
     assert digests[0] == digests[1]
     first = runs[0][1].read_bytes()
     assert str(tmp_path).encode() not in first and b"repro_net" not in first

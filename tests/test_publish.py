@@ -22,6 +22,7 @@ from onnxport.config import ExportConfig
 from onnxport.errors import InputError
 from onnxport.exporters import run_exporter
 from onnxport.inputs import prepare_inputs
+from onnxport.load import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +154,7 @@ def test_finalizing_the_same_export_twice_gives_the_same_bytes(raw_dynamo, tmp_p
     for staged in (first, second):
         staged.parent.mkdir()
         finalize(raw_dynamo, staged, ExportConfig())
-    assert publish.sha256(first) == publish.sha256(second)
+    assert file_sha256(first) == file_sha256(second)
 
 
 # -- external data and the move -------------------------------------------------------------

@@ -236,6 +236,9 @@ def test_export_refuses_to_publish_a_file_that_fails_with_dynamic_batch(tmp_path
     assert rejected.exists()
     (onnx_output,) = run_onnx(rejected, {"x": x.numpy()})  # the rejected file is kept for debugging
     assert onnx_output.shape == (2, 3)
+    rejected_report = json.loads((tmp_path / "model.rejected.validation.json").read_text())
+    assert rejected_report["passed"] == 0 and rejected_report["failed_cases"] == 2
+    assert not (tmp_path / "model.validation.json").exists()  # the published model's report slot
 
 
 # -- NaN, tolerances --------------------------------------------------------------------------------

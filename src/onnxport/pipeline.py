@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from onnxport.config import ExportConfig
-from onnxport.errors import InputError, ValidationError
+from onnxport.errors import ValidationError
 
 if TYPE_CHECKING:
     from onnxport.validation import ValidationReport
@@ -89,11 +89,13 @@ def export(
     from onnxport import publish
     from onnxport.exporters import preserved_state, run_exporter
     from onnxport.inputs import prepare_inputs
+    from onnxport.load import file_sha256
     from onnxport.provenance import run_context
+    from onnxport.unwrap import unwrap
 
     started = time.perf_counter()
     config = ExportConfig.coerce(config, **options)
-    model = _unwrap(model)
+    model = unwrap(model)
     output_path = publish.check_output(output)
 
     with preserved_state(model):
@@ -131,7 +133,7 @@ def export(
         size += Path(f"{output_path}.data").stat().st_size
     result = ExportResult(
         path=output_path,
-        sha256=publish.sha256(output_path),
+        sha256=file_sha256(output_path),
         exporter=run.exporter,
         fallback_reason=run.fallback_reason,
         input_names=run.input_names,
@@ -151,21 +153,6 @@ def export(
     return result
 
 
-def _unwrap(model: Any) -> Any:
-    import torch
-
-    if not isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
-        raise InputError(
-            f"model is a {type(model).__name__}, not a torch.nn.Module, ScriptModule or ExportedProgram",
-            fix="pass the model object (load a checkpoint with onnxport.load_model first)",
-        )
-    try:
-        from onnxport.unwrap import unwrap
-    except ImportError:  # unwrap lands separately; a bare module needs none
-        return model
-    return unwrap(model)
-
-
 def _validate(staged: Path, model: Any, inputs: Any, config: ExportConfig, output: Path) -> Any:
     from onnxport import publish
     from onnxport.validation import validate
@@ -174,6 +161,9 @@ def _validate(staged: Path, model: Any, inputs: Any, config: ExportConfig, outpu
         return validate(staged, model, inputs, config=config)
     except ValidationError as error:
         rejected = publish.keep_rejected(staged, output)
+        if error.report is not None:
+            # Beside the rejected file, not at the report path: that one describes the published model.
+            error.report.write_json(rejected.with_name(f"{output.stem}.rejected.validation.json"))
         logger.error("validation failed; the file was kept as %s and %s is untouched", rejected, output)
         raise error
 

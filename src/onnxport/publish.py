@@ -308,14 +308,3 @@ def keep_rejected(staged: Path, output: Path) -> Path:
     with contextlib.suppress(OSError):
         os.replace(staged, rejected)
     return rejected
-
-
-def sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
