@@ -58,7 +58,7 @@ def refresh_params(root: str | os.PathLike[str]) -> bool:
     from dvc.config import Config
     from dvc.utils.hydra import compose_and_dump
 
-    root = Path(root)
+    root = Path(root).resolve()  # Hydra wants an absolute config dir
     hydra = Config(dvc_dir=str(root / ".dvc")).get("hydra", {})
     if not hydra.get("enabled", False):
         return False
