@@ -20,6 +20,7 @@ from torch import nn
 
 import onnxport
 from conftest import REPO_ROOT, Mysterious, TinyCNN, TinyMLP, run_onnx
+from onnxport import publish
 from onnxport.errors import ConfigError, InputError, UnsupportedOperatorError, ValidationError
 from onnxport.load import file_sha256
 
@@ -352,3 +353,34 @@ def test_float_inputs_follow_a_double_model_which_stays_double(tmp_path):
     x = np.ones((3, 4), np.float64)
     (got,) = run_onnx(result.path, {"x": x})
     np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), atol=1e-9)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_auto_moves_weights_to_a_data_file_past_the_protobuf_limit(tmp_path, monkeypatch, exporter):
+    # A real >2 GiB model does not fit this machine's test budget: lower the limit instead.
+    monkeypatch.setattr(publish, "PROTOBUF_LIMIT", 1024)
+    model = TinyMLP(in_features=64, hidden=64).eval()  # ~17 KiB of weights
+    x = torch.randn(2, 64)
+
+    result = onnxport.export(model, x, tmp_path / "model.onnx", exporter=exporter)
+
+    assert result.external_data and result.validation.passed
+    assert sorted(p.name for p in tmp_path.glob("model.onnx*")) == ["model.onnx", "model.onnx.data"]
+    locations = {
+        entry.value
+        for tensor in onnx.load(str(tmp_path / "model.onnx"), load_external_data=False).graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    assert locations == {"model.onnx.data"}  # relative: the pair can move together
+    (got,) = run_onnx(tmp_path / "model.onnx", {"x": x.numpy()})
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
+
+
+def test_never_refuses_weights_past_the_protobuf_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(publish, "PROTOBUF_LIMIT", 1024)
+    output = tmp_path / "model.onnx"
+    with pytest.raises(onnxport.PublishError, match="do not fit in one ONNX file") as error:
+        onnxport.export(TinyMLP(64, 64).eval(), torch.randn(2, 64), output, external_data="never")
+    assert "external_data" in error.value.fix
+    assert not output.exists()

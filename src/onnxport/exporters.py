@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from onnxport import publish
 from onnxport.config import ExportConfig
 from onnxport.errors import (
     ConfigError,
@@ -32,7 +33,6 @@ from onnxport.inputs import (
     resolve_dynamic_axes,
 )
 
-TWO_GB = 2**31
 # The dynamo exporter builds opset 18 graphs and converts them with onnxscript's
 # version converter; torch declares the newest opset it targets in ONNX_MAX_OPSET.
 DYNAMO_MIN_OPSET = 7
@@ -95,7 +95,7 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
         # and only the axes the user named are required to be dynamic.
         dynamic_axes = {name: axes for name, axes in dynamic_axes.items() if name in config.dynamic_axes}
     external = config.external_data == "always" or (
-        config.external_data == "auto" and _state_bytes(model) >= TWO_GB
+        config.external_data == "auto" and _state_bytes(model) >= publish.PROTOBUF_LIMIT
     )
     traced = _grow_unit_axes(inputs, dynamic_axes)
 

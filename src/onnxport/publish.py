@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 METADATA_PREFIX = "onnxport."
 PRODUCER_NAME = "onnxport"
-TWO_GB = 2**31
+PROTOBUF_LIMIT = 2**31
+"""Bytes one protobuf message (one ``.onnx`` file with inline weights) can hold."""
 
 
 def check_output(output: str | os.PathLike) -> Path:
@@ -139,7 +140,7 @@ def _write_inline(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: 
     import onnx
 
     total = sum(_payload_size(tensor) or 0 for tensor in tensors)
-    if total >= TWO_GB:
+    if total >= PROTOBUF_LIMIT:
         raise PublishError(
             f"the weights ({total / 2**30:.1f} GiB) do not fit in one ONNX file (2 GiB protobuf limit)",
             fix="set export.external_data to auto or always (weights go to <name>.onnx.data)",
