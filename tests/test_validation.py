@@ -283,15 +283,17 @@ def drifted(mlp_file):
     return moved, x, path
 
 
-def test_tolerance_breach_fails_by_default(drifted):
+def test_tolerance_breach_fails_by_default_and_logs_the_table_of_failures(drifted, caplog):
     model, x, path = drifted
 
-    with pytest.raises(ParityError) as raised:
+    with caplog.at_level(logging.ERROR, logger="onnxport.validation"), pytest.raises(ParityError) as raised:
         validate(path, model, x, validation={"latency_runs": 0})
 
     assert type(raised.value) is ParityError
     assert "output at batch=2 max_abs_diff=1.0e-02 > atol=1e-04" in str(raised.value)
     assert raised.value.report.to_dict()["passed"] == 0
+    failed_rows = [line for line in caplog.text.splitlines() if line.startswith("✗  output")]
+    assert len(failed_rows) == 3, caplog.text  # one row per output and shape, in the log
 
 
 def test_tolerance_breach_only_warns_with_on_mismatch_warn(drifted, caplog):
@@ -345,7 +347,7 @@ def test_export_publishes_despite_a_breach_with_on_mismatch_warn(tmp_path, caplo
         )
 
     assert output.exists() and not (tmp_path / "model.rejected.onnx").exists()
-    assert not result.validation.passed and "publishing anyway" in caplog.text
+    assert not result.validation.passed and "the file is not rejected" in caplog.text
     assert json.loads(result.report_path.read_text())["passed"] == 0
 
 
@@ -409,6 +411,26 @@ def test_keyword_inputs_validate(tmp_path):
     report = validate(path, model, {"x": x, "y": y}, validation={"latency_runs": 0})
 
     assert report.passed and len(report.cases) == 3
+
+
+def test_initializers_kept_as_graph_inputs_are_not_counted_as_inputs(tmp_path):
+    # Old-style files list every weight as a graph input too; the count check must not trip on them.
+    torch.manual_seed(0)
+    model, x = TinyMLP().eval(), torch.randn(2, 4)
+    path = tmp_path / "kept.onnx"
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["output"],
+        dynamic_axes={"x": {0: "batch"}, "output": {0: "batch"}},
+        keep_initializers_as_inputs=True,
+    )
+    assert len(onnx.load(str(path)).graph.input) == 5  # x and the four weights
+
+    assert validate(path, model, x, validation={"latency_runs": 0}).passed
 
 
 def test_external_data_validates_by_path(mlp_file, tmp_path):

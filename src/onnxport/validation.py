@@ -135,6 +135,8 @@ def validate(
         return report
     error_type = NonFiniteError if report.non_finite else ParityError
     if settings.on_mismatch == "fail":
+        # The error stays one line; the table of what failed goes to the log, as on success.
+        logger.error("%s", report.summary())
         raise error_type(
             report.failure_message(),
             fix="see error.report.summary(); fix the model or its dynamic axes, or loosen "
@@ -142,7 +144,7 @@ def validate(
             report=report,
         )
     logger.warning(
-        "validation failed (on_mismatch=warn, publishing anyway): %s\n%s",
+        "validation failed (on_mismatch=warn, so the file is not rejected): %s\n%s",
         report.failure_message(),
         report.summary(),
     )
