@@ -114,6 +114,13 @@ def test_no_inputs_uses_the_lightning_style_example_input_array():
     assert inputs.tensors()[0].shape == (3, 4)
 
 
+def test_example_input_array_comes_before_the_config_spec():
+    # Issue 2's order for the library; the Lightning callback applies its own (spec first).
+    inputs = prepare(WithExampleArray(), None, inputs=[{"name": "x", "shape": [2, 4]}])
+    assert inputs.tensors()[0].shape == (3, 4)
+    assert torch.equal(inputs.tensors()[0], torch.ones(3, 4))
+
+
 def test_no_inputs_uses_the_config_spec_with_integer_ranges():
     spec = {"name": "input_ids", "shape": [2, 7], "dtype": "int64", "low": 0, "high": 50}
     inputs = prepare(TokenClassifier(), None, inputs=[spec])

@@ -248,21 +248,23 @@ class PeakRss:
 
 
 @pytest.mark.slow
-def test_export_does_not_copy_the_weights_of_a_large_model(tmp_path):
+def test_the_default_export_does_not_copy_the_weights_of_a_large_model(tmp_path):
     model = nn.Sequential(nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 8)).eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # ~64 MiB
     pointers = [p.data_ptr() for p in model.parameters()]
     example = torch.randn(2, 4096)
-    options = {"exporter": "dynamo", "validation": {"enabled": False}}  # ORT needs its own copy
+    options = {"validation": {"enabled": False}}  # the default exporter; ORT would need its own copy
     onnxport.export(model, example, tmp_path / "warmup.onnx", **options)
 
     with PeakRss() as memory:
         result = onnxport.export(model, example, tmp_path / "big.onnx", **options)
     gc.collect()
     retained = _rss_bytes() - memory.start
-    assert result.size_bytes > weight_bytes
+    assert result.exporter == "dynamo" and result.size_bytes > weight_bytes
     assert [p.data_ptr() for p in model.parameters()] == pointers
-    assert memory.extra < weight_bytes / 2, f"peak {memory.extra / 2**20:.0f} MiB above the start"
+    # Measured: dynamo needs a fixed ~31 MiB whatever the model size (0.48x here, 0.24x at 128 MiB);
+    # one copy of the weights would add 1x. (TorchScript peaks at 2x inside torch.onnx itself.)
+    assert memory.extra < 0.75 * weight_bytes, f"peak {memory.extra / 2**20:.0f} MiB above the start"
     assert retained < weight_bytes / 4, f"export kept {retained / 2**20:.0f} MiB after returning"
 
 
