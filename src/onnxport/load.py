@@ -230,7 +230,10 @@ def _resolve_class(model_class: type | str) -> type:
             fix="give the full import path, e.g. 'mypackage.models.Classifier', importable from the cwd",
         ) from error
     if not isinstance(resolved, type):
-        raise InputError(f"model_class {model_class!r} is a {type(resolved).__name__}, not a class")
+        raise InputError(
+            f"model_class {model_class!r} is a {type(resolved).__name__}, not a class",
+            fix="give the import path of the class itself, e.g. 'mypackage.models.Classifier'",
+        )
     return resolved
 
 
@@ -295,7 +298,10 @@ def _instantiate(config: Any) -> nn.Module:
             fix="check the import path and arguments of _target_ (it must import from the cwd)",
         ) from error
     if not isinstance(built, nn.Module):
-        raise InputError(f"model _target_ {target!r} built a {type(built).__name__}, not an nn.Module")
+        raise InputError(
+            f"model _target_ {target!r} built a {type(built).__name__}, not an nn.Module",
+            fix="point _target_ at the model's class (or a function returning an nn.Module)",
+        )
     return built
 
 
