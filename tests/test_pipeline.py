@@ -218,6 +218,23 @@ def test_a_file_that_fails_validation_is_rejected_and_the_output_untouched(tmp_p
     onnx.checker.check_model(str(tmp_path / "model.rejected.onnx"))
 
 
+def test_a_rejected_external_data_file_keeps_its_own_weights(tmp_path):
+    output = tmp_path / "model.onnx"
+    output.write_bytes(b"the previous, good model")
+    Path(f"{output}.data").write_bytes(b"its weights")
+    with pytest.raises(ValidationError):
+        onnxport.export(
+            FixedBatch(), torch.randn(2, 4), output, exporter="torchscript", external_data="always"
+        )
+    assert output.read_bytes() == b"the previous, good model"
+    assert Path(f"{output}.data").read_bytes() == b"its weights"
+    rejected = tmp_path / "model.rejected.onnx"
+    assert (tmp_path / "model.rejected.onnx.data").is_file()
+    x = np.ones((2, 4), np.float32)
+    (got,) = run_onnx(rejected, {"x": x})  # loads: it points at its own .data, not the published one
+    np.testing.assert_allclose(got, x + 1)
+
+
 # -- no weight copy, reproducibility --------------------------------------------------------
 
 

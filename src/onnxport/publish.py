@@ -304,8 +304,26 @@ def move_into_place(staged: Path, output: Path, *, external_data: bool) -> None:
 
 
 def keep_rejected(staged: Path, output: Path) -> Path:
-    """Keep a file that failed validation as ``<stem>.rejected.onnx`` beside the output, for inspection."""
+    """Keep a file that failed validation as ``<stem>.rejected.onnx`` beside the output, for inspection.
+
+    External weights go to ``<stem>.rejected.onnx.data`` and the header is re-pointed there:
+    ``<output>.data`` belongs to the published model.
+    """
+    import onnx
+
     rejected = output.with_name(f"{output.stem}.rejected.onnx")
+    rejected_data = Path(f"{rejected}.data")
+    staged_data = Path(f"{staged}.data")
     with contextlib.suppress(OSError):
+        if staged_data.exists():
+            header = onnx.load(str(staged), load_external_data=False)
+            for tensor in header.graph.initializer:
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = rejected_data.name
+            staged.write_bytes(header.SerializeToString())
+            os.replace(staged_data, rejected_data)
+        else:
+            rejected_data.unlink(missing_ok=True)  # left by an earlier rejected external export
         os.replace(staged, rejected)
     return rejected
