@@ -51,6 +51,12 @@ import torch
 
 class Net(torch.nn.Linear):
     pass
+
+
+# Scales by the batch size, which TorchScript's tracer records as the constant 2.
+class BatchBaked(torch.nn.Linear):
+    def forward(self, input):
+        return super().forward(input) * float(input.shape[0])
 """
 
 
@@ -164,6 +170,40 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, overrides, ex
     assert failed.stderr.startswith("onnxport export: error: ")
     assert expected in failed.stderr
     assert listing(project) == before
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("opsett: 18", "Key 'opsett' not in 'ExportConfig'"),
+        ("opset: abc", "could not be converted to Integer"),
+    ],
+    ids=["unknown key", "wrong type"],
+)
+def test_conf_export_typos_fail_at_composition(tmp_path, line, expected):
+    # `--cfg job` only composes: the ConfigStore schema, not ExportConfig.from_dict, rejects these.
+    project = _write_project(tmp_path)
+    export = project / "conf" / "export" / "default.yaml"
+    export.write_text(export.read_text().replace("opset: 18", line))
+    failed = run_cli("export", "--cfg", "job", cwd=project)
+    assert failed.returncode == 2, failed.stderr
+    assert failed.stdout == ""
+    assert len(failed.stderr.splitlines()) == 1, failed.stderr
+    assert "while composing config" in failed.stderr and expected in failed.stderr
+
+
+def test_validation_failure_exits_1_and_publishes_nothing(tmp_path):
+    project = _write_project(tmp_path)
+    failed = run_cli("export", "model._target_=netdef.BatchBaked", "export.exporter=torchscript", cwd=project)
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stdout == ""
+    # The parity table is logged first; the error itself is the last line, and one line.
+    assert "batch=5" in failed.stderr
+    assert failed.stderr.splitlines()[-1].startswith("onnxport export: error: 2 of 3 validation cases failed")
+    assert sorted(p.name for p in (project / "models").iterdir()) == [
+        "model.rejected.onnx",
+        "model.rejected.validation.json",
+    ]
 
 
 def test_hydra_full_error_shows_the_traceback(project):
