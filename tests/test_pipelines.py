@@ -16,6 +16,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
+from onnxport.cli import model_from_config
 from pipelines.config import compose
 from pipelines.evaluate import evaluate
 from pipelines.model import DigitsCNN
@@ -164,6 +165,15 @@ def test_train_is_deterministic(trained, tmp_path: Path):
     again = torch.load(cfg.paths.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     assert first.keys() == again.keys()
     assert all(torch.equal(first[name], again[name]) for name in first)
+
+
+def test_export_stage_loads_a_lightning_class_path(trained):
+    # `model: package.Class` instead of a `_target_` mapping: LightningModule.load_from_checkpoint.
+    cfg = OmegaConf.create({"model": "pipelines.model.DigitsCNN", "trust_checkpoint": False})
+    model = model_from_config(cfg, trained.paths.checkpoint)
+    assert isinstance(model, DigitsCNN)
+    saved = torch.load(trained.paths.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in model.state_dict().items())
 
 
 # -- evaluate and summary -----------------------------------------------------------------
