@@ -35,12 +35,7 @@ def stage_config(overrides: Sequence[str] = ()) -> DictConfig:
     return resolve_stage_config(compose(overrides))
 
 
-def write_params(path: str | Path = "params.yaml", config_dir: str | Path = CONFIG_DIR) -> None:
-    """Write ``conf/`` composed into params.yaml exactly as ``dvc exp run`` does."""
-    from dvc.utils.hydra import compose_and_dump
-
-    compose_and_dump(str(path), str(Path(config_dir).resolve()), None, CONFIG_NAME, ".", [])
-
-
 if __name__ == "__main__":  # python -m pipelines.config: refresh params.yaml after editing conf/
-    write_params()
+    from onnxport.stage import refresh_params
+
+    refresh_params(".")
