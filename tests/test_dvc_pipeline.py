@@ -179,6 +179,14 @@ def test_exp_run_set_opset_17_gives_an_opset_17_model(pipeline: Pipeline):
     assert opset_and_version(pipeline.root / "models" / "model.onnx")[0] == 17
     params = yaml.safe_load((pipeline.root / "params.yaml").read_text())
     assert params["export"]["opset"] == 17
+    # The model registry's view: the artifact's meta is read from the same params.
+    from dvc.repo import Repo
+
+    with Repo(str(pipeline.root)) as repo:
+        artifact = repo.artifacts.read()["dvc.yaml"]["digits-cnn"]
+    assert artifact.path == "models/model.onnx" and artifact.type == "model"
+    assert artifact.meta["opset"] == 17
+    assert artifact.meta["inputs"] == params["export"]["inputs"]
     # The pipeline's own stages see -S too, not only `onnxport export`.
     latency = json.loads((pipeline.root / "plots" / "latency.json").read_text())
     assert [row["batch_size"] for row in latency] == [1, 4]
