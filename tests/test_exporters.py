@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import Mysterious, TinyCNN, TinyMLP, run_onnx
+from conftest import Mysterious, TinyCNN, TinyMLP, TokenClassifier, run_onnx
 from onnxport.config import ExportConfig
 from onnxport.errors import ConfigError, ExportError, InputError, UnsupportedOperatorError
 from onnxport.exporters import preserved_state, run_exporter, supported_opsets
@@ -112,6 +112,27 @@ def test_forward_kwargs_models_export_with_unprefixed_weights(tmp_path, exporter
     (got,) = run_onnx(path, feed)
     expected = model(dense=torch.ones(3, 4), weight=torch.full((3, 2), 2.0))
     np.testing.assert_allclose(got, expected.detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_torch_onnx_style_dynamic_axes_work_with_both_exporters(tmp_path, exporter):
+    torch.manual_seed(0)
+    model = TokenClassifier(vocab=50).eval()
+    path = tmp_path / "tokens.onnx"
+    # a sequence of 1 in the example: traced at 2, so the axis is not specialised away
+    run = export(
+        model,
+        torch.randint(0, 50, (2, 1)),
+        path,
+        exporter=exporter,
+        dynamic_axes={"input_ids": {0: "batch", 1: "seq"}},
+    )
+
+    assert run.exporter == exporter
+    assert graph_dims(path) == {"input_ids": ["batch", "seq"], "output": ["batch", 2]}
+    ids = torch.randint(0, 50, (3, 7))
+    (got,) = run_onnx(path, {"input_ids": ids.numpy()})
+    np.testing.assert_allclose(got, model(ids).detach().numpy(), atol=1e-5)
 
 
 # -- auto, ScriptModule, ExportedProgram ----------------------------------------------------

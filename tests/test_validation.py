@@ -18,6 +18,7 @@ from onnxport import validate
 from onnxport.config import InputSpec
 from onnxport.errors import (
     CheckerError,
+    InputError,
     NonFiniteError,
     ParityError,
     SessionError,
@@ -504,6 +505,13 @@ def test_inputs_that_do_not_fit_the_graph_are_a_signature_mismatch(mlp_file):
         SignatureMismatchError, match=r"graph outputs are named \['output'\], .* \['logits'\]"
     ):
         validate(path, model, x, output_names=["logits"])
+
+
+def test_inputs_the_model_cannot_run_are_an_input_error(mlp_file):
+    _, _, path = mlp_file
+
+    with pytest.raises(InputError, match=r"TinyMLP raised RuntimeError on the example inputs \(x\(2, 5\)\)"):
+        validate(path, TinyMLP(), torch.randn(2, 5))
 
 
 # -- localization ----------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: Expo
 
 def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> ExporterRun:
     candidates, forced_reason = _candidates(model, config)
-    outputs = flatten_outputs(_probe(model, inputs))
+    outputs = flatten_outputs(probe(model, inputs))
     if not outputs:
         raise ExportError(
             f"{type(model).__name__} returned no tensors for the example inputs",
@@ -130,7 +130,7 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
     raise _export_failure(failures, config.opset)
 
 
-def _probe(model: Any, inputs: ModelInputs) -> Any:
+def probe(model: Any, inputs: ModelInputs) -> Any:
     """One eager call: the output structure names the outputs; a failure here is the inputs' fault."""
     try:
         return inputs.call(model)

@@ -39,7 +39,7 @@ from onnxport.errors import (
     SessionError,
     SignatureMismatchError,
 )
-from onnxport.exporters import preserved_state
+from onnxport.exporters import preserved_state, probe
 from onnxport.inputs import ModelInputs, flatten_outputs, generate_inputs, prepare_inputs
 from onnxport.parity import compare, first_divergence, to_numpy
 from onnxport.provenance import run_context
@@ -94,7 +94,7 @@ def validate(
     if not path.is_file():
         raise InputError(f"ONNX file {str(path)!r} does not exist", fix="pass the path of an exported file")
     _check_model(model)
-    example = _prepare(model, example_inputs, config)
+    example = prepare_inputs(model, example_inputs, config)  # as export prepares them
 
     check_file(path)
     session = open_session(path)
@@ -102,7 +102,7 @@ def validate(
     graph_outputs = [meta.name for meta in session.get_outputs()]
 
     with preserved_state(model), _exact_float32():
-        output_names = [name for name, _ in flatten_outputs(example.call(model))]
+        output_names = [name for name, _ in flatten_outputs(probe(model, example))]
         _check_signature(path, graph_inputs, graph_outputs, example, config.output_names or output_names)
         axes = _dynamic_axes(graph_inputs, example)
         cases = [_Case(_label(axes.export_sizes), axes.export_sizes, example)]
@@ -220,15 +220,8 @@ def _check_signature(
 # -- the inputs of each case -----------------------------------------------------------------
 
 
-def _prepare(model: Any, example_inputs: Any, config: ExportConfig) -> ModelInputs:
-    """Raw example inputs are prepared exactly as ``export`` prepares them."""
-    if isinstance(example_inputs, ModelInputs):
-        return example_inputs
-    return prepare_inputs(model, example_inputs, config)
-
-
 def _sample_case(index: int, model: Any, sample: Any, axes: _Axes, config: ExportConfig) -> _Case:
-    inputs = _prepare(model, sample, config)
+    inputs = prepare_inputs(model, sample, config)
     sizes = {
         symbol: inputs.tensors()[where[0][0]].shape[where[0][1]] for symbol, where in axes.positions.items()
     }
