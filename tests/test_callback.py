@@ -160,6 +160,15 @@ def test_hydra_callback_can_take_the_whole_export_config_unmixed():
     assert [spec.name for spec in callback.config.inputs] == ["image"]
 
 
+def test_docstring_example_runs(tmp_path, monkeypatch):
+    import doctest
+
+    import onnxport.callback
+
+    monkeypatch.chdir(tmp_path)
+    assert doctest.testmod(onnxport.callback, raise_on_error=True).attempted >= 4
+
+
 # -- single process ----------------------------------------------------------------------------
 
 
@@ -194,14 +203,14 @@ def test_fit_exports_a_valid_file_in_log_dir_and_leaves_the_module_training(tmp_
 @pytest.mark.slow
 def test_config_input_spec_wins_over_example_input_array(tmp_path):
     spec = [{"name": "x", "shape": [3, 4]}]
-    callback = OnnxExportCallback(
-        tmp_path / "model.onnx", inputs=spec, dynamic_batch=False, validation=FAST_VALIDATION
-    )
-    make_trainer(tmp_path, [callback]).fit(Regressor(), regression_data(n=4))
+    callback = OnnxExportCallback(inputs=spec, dynamic_batch=False, validation=FAST_VALIDATION)
+    # No logger and no checkpoints: nothing but the export creates the default_root_dir.
+    make_trainer(tmp_path / "fresh", [callback]).fit(Regressor(), regression_data(n=4))
 
     import onnx
 
-    (graph_input,) = onnx.load(tmp_path / "model.onnx").graph.input
+    assert callback.last_path == str(tmp_path / "fresh" / "model.onnx")
+    (graph_input,) = onnx.load(callback.last_path).graph.input
     assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [3, 4]
 
 
@@ -264,13 +273,21 @@ class DictRegressor(Regressor):
 
 
 @pytest.mark.slow
-def test_first_batch_goes_through_the_batch_hooks_when_no_example_is_set(tmp_path):
-    module = DictRegressor(example=False)
-    callback = OnnxExportCallback(tmp_path / "model.onnx", validation=FAST_VALIDATION)
-    make_trainer(tmp_path, [callback]).fit(module, DataLoader(DictBatches(), batch_size=4))
+def test_first_batch_goes_through_the_batch_hooks_and_training_goes_on_as_without_export(tmp_path):
+    def fit(callbacks: list) -> DictRegressor:
+        module = DictRegressor(example=False)  # seeds the global RNG, which shuffles the batches
+        loader = DataLoader(DictBatches(), batch_size=4, shuffle=True)
+        make_trainer(tmp_path, callbacks, max_epochs=2).fit(module, loader)
+        return module
+
+    callback = OnnxExportCallback(tmp_path / "model.onnx", every_n_epochs=1, validation=FAST_VALIDATION)
+    module, untouched = fit([callback]), fit([])
 
     assert callback.last_result.input_names == ["x"]
     assert onnx_matches(tmp_path / "model.onnx", module, PROBE)
+    # Drawing the first batch after epoch 0 did not change how epoch 1 was shuffled.
+    for name, tensor in untouched.state_dict().items():
+        assert torch.equal(module.state_dict()[name], tensor), name
 
 
 @pytest.mark.slow
@@ -289,9 +306,23 @@ def test_failed_export_warns_or_raises_and_never_writes_the_output(tmp_path):
         make_trainer(tmp_path, [raising]).fit(Regressor(noisy=True), regression_data())
     assert output.read_bytes() == b"previous export"
 
+    # on_mismatch="warn" is not a failure: the file is published and the loggers see passed=0.
+    published = OnnxExportCallback(output, validation={**FAST_VALIDATION, "on_mismatch": "warn"})
+    logger = CSVLogger(tmp_path, name="warn")
+    make_trainer(tmp_path, [published], logger=logger).fit(Regressor(noisy=True), regression_data())
+    assert output.read_bytes() != b"previous export"
+    assert not published.last_result.validation.passed
+    metrics = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()
+    row = dict(zip(metrics[0].split(","), metrics[-1].split(","), strict=True))
+    assert float(row["export/passed"]) == 0.0
+
 
 @pytest.mark.slow
 def test_best_and_last_checkpoints_export_their_weights_and_leave_the_module_alone(tmp_path):
+    import onnx
+
+    from onnxport.load import file_sha256
+
     module = Regressor(lr=0.5)
     checkpoint = ModelCheckpoint(tmp_path / "best", monitor="score", mode="min")
     # last.ckpt is only refreshed when its callback saves, so "last" comes from one saving every epoch.
@@ -314,29 +345,46 @@ def test_best_and_last_checkpoints_export_their_weights_and_leave_the_module_alo
     assert onnx_matches(tmp_path / "best.onnx", best_module, PROBE)
     assert not onnx_matches(tmp_path / "best.onnx", last_module, PROBE)
     assert onnx_matches(tmp_path / "last.onnx", last_module, PROBE)
+    # Each file names the checkpoint its weights came from.
+    for onnx_file, ckpt in (("best.onnx", checkpoint.best_model_path), ("last.onnx", latest.last_model_path)):
+        props = {p.key: p.value for p in onnx.load(tmp_path / onnx_file).metadata_props}
+        assert props["onnxport.checkpoint_sha256"] == file_sha256(ckpt)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    ("ckpt_path", "message"),
-    [("best", "saved no best checkpoint"), ("last", "saved no last checkpoint"), ("gone.ckpt", "not a file")],
+    ("ckpt_path", "export_options", "checkpoint", "message", "trained"),
+    [
+        ("best", {}, None, "has no ModelCheckpoint", False),
+        ("last", {}, {}, "has save_last set", False),
+        ("best", {}, {"every_n_epochs": 2}, "saved no best checkpoint", True),
+        # ModelCheckpoint saves after the other callbacks' epoch-end hooks: nothing yet after epoch 0.
+        ("last", {"every_n_epochs": 1}, {"save_last": True}, "saved no last checkpoint", True),
+        ("gone.ckpt", {}, None, "not a file", True),
+    ],
 )
-def test_missing_checkpoint_is_a_checkpoint_error(tmp_path, ckpt_path, message):
-    callback = OnnxExportCallback(tmp_path / "model.onnx", ckpt_path=ckpt_path)
+def test_missing_checkpoint_is_a_checkpoint_error(
+    tmp_path, ckpt_path, export_options, checkpoint, message, trained
+):
+    callback = OnnxExportCallback(tmp_path / "model.onnx", ckpt_path=ckpt_path, **export_options)
+    callbacks = [callback] if checkpoint is None else [callback, ModelCheckpoint(tmp_path, **checkpoint)]
+    trainer = make_trainer(tmp_path, callbacks, enable_checkpointing=checkpoint is not None)
     with pytest.raises(CheckpointError, match=message):
-        make_trainer(tmp_path, [callback]).fit(Regressor(), regression_data(n=4))
+        trainer.fit(Regressor(), regression_data(n=4))
+    # A checkpoint the Trainer can never provide is refused in setup(), before any training step.
+    assert trainer.global_step == (1 if trained else 0)
     assert not (tmp_path / "model.onnx").exists()
 
 
 @pytest.mark.slow
 def test_epoch_exports_are_recorded_in_the_next_checkpoint(tmp_path):
     checkpoint = ModelCheckpoint(tmp_path / "ckpt", save_last=True)
-    callback = OnnxExportCallback(tmp_path / "model.onnx", every_n_epochs=1, validation=FAST_VALIDATION)
+    output = tmp_path / "exports" / "model.onnx"  # its directory is made when the file is written
+    callback = OnnxExportCallback(output, every_n_epochs=1, validation=FAST_VALIDATION)
     make_trainer(tmp_path, [callback, checkpoint], enable_checkpointing=True).fit(
         Regressor(), regression_data(n=4)
     )
     saved = torch.load(checkpoint.last_model_path, weights_only=False)["callbacks"][callback.state_key]
-    assert saved == {"last_path": str(tmp_path / "model.onnx"), "last_sha256": callback.last_sha256}
+    assert saved == {"last_path": str(output), "last_sha256": callback.last_sha256}
 
 
 @pytest.mark.slow
@@ -403,6 +451,7 @@ def test_ddp_exports_once_on_rank_zero_and_every_rank_agrees(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["exported_here"] for r in ranks] == [True, False]
+    assert ranks[0]["validation_passed"]
     assert ranks[0]["last_path"] == ranks[1]["last_path"] == str(tmp_path / "model.onnx")
     assert ranks[0]["last_sha256"] == ranks[1]["last_sha256"]
     assert all(r["is_callback_of_trainer_package"] and r["imported_at_start"] == [] for r in ranks)

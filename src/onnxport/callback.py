@@ -57,11 +57,15 @@ class OnnxExportCallback(Callback):
         ckpt_path: Which weights to export, with the meaning ``trainer.test(ckpt_path=...)`` gives it:
             ``None`` the module's current weights, ``"best"`` / ``"last"`` from the Trainer's
             ``ModelCheckpoint``, or a checkpoint file. Checkpoint weights are loaded into a copy of
-            the module, so the module the Trainer holds is never changed.
+            the module, so the module the Trainer holds is never changed, and the checkpoint's sha256
+            is recorded in the file. ``"best"`` without a ``ModelCheckpoint``, or ``"last"`` without
+            one that has ``save_last``, is refused in ``setup()``, before training starts.
         on_error: ``"raise"`` ends the run when the export or its validation fails; ``"warn"`` warns
             and lets the run finish. Either way nothing is written to ``output`` on failure.
         every_n_epochs: Also export at the end of every n-th training epoch (``None``: only at the
-            end of ``fit``). The checkpoint saved after that epoch then records the export.
+            end of ``fit``). The checkpoint saved after that epoch then records the export; as
+            ``ModelCheckpoint`` runs after the other callbacks, ``ckpt_path`` ``"best"`` / ``"last"``
+            sees the checkpoints saved before that epoch ended.
         config: An :class:`~onnxport.config.ExportConfig` or a mapping of its fields.
         \**export_options: ``ExportConfig`` fields (``opset``, ``exporter``, ``dynamic_axes``,
             ``inputs``, ``validation={"atol": ...}``, ...); they override ``config``.
@@ -157,6 +161,9 @@ class OnnxExportCallback(Callback):
         else:
             path = Path(trainer.log_dir or trainer.default_root_dir).resolve() / DEFAULT_FILENAME
         self._output_path = Path(trainer.strategy.broadcast(str(path)))
+        # Refused now rather than after hours of training: without a ModelCheckpoint the run ends
+        # with neither an export nor a checkpoint to export later.
+        _check_checkpoint_source(trainer, self.ckpt_path)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -209,18 +216,40 @@ class OnnxExportCallback(Callback):
             self._log_result(trainer, self.last_result)
 
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ExportResult:
+        import torch
+
+        from onnxport.load import file_sha256
         from onnxport.pipeline import export
 
-        model = pl_module if self.ckpt_path is None else self._checkpoint_copy(trainer, pl_module)
-        example_inputs = self._example_inputs(trainer, pl_module)
-        with _modes_restored(model):
-            result = export(model, example_inputs, self._output_path, config=self.config)
+        # Made when the file is written, as ModelCheckpoint makes its dirpath: the default log_dir
+        # does not exist yet when nothing else wrote there (no logger, no checkpoints).
+        try:
+            self._output_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(
+                f"output directory {self._output_path.parent} cannot be created: {exc.strerror}",
+                fix="pass output= a path in a writable directory",
+            ) from exc
+        model, checkpoint_sha256 = pl_module, None
+        if self.ckpt_path is not None:
+            path = _resolve_ckpt_path(trainer, self.ckpt_path)
+            model, checkpoint_sha256 = self._checkpoint_copy(trainer, pl_module, path), file_sha256(path)
+        # Drawing the first batch seeds a sampler and workers from the global RNG; forking it keeps
+        # the shuffling of the epochs after an export (and of a later fit) as if nothing happened.
+        with torch.random.fork_rng(devices=[]), _modes_restored(model):
+            example_inputs = self._example_inputs(trainer, pl_module)
+            result = export(
+                model,
+                example_inputs,
+                self._output_path,
+                config=self.config,
+                checkpoint_sha256=checkpoint_sha256,
+            )
         self.last_result = result
         return result
 
-    def _checkpoint_copy(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module:
+    def _checkpoint_copy(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: str) -> nn.Module:
         """A copy of the module holding the checkpoint's weights; the Trainer's module stays as it is."""
-        path = _resolve_ckpt_path(trainer, self.ckpt_path)
         try:
             checkpoint = trainer.strategy.load_checkpoint(path)
         except Exception as exc:
@@ -282,6 +311,22 @@ class OnnxExportCallback(Callback):
         rank_zero_info(
             f"OnnxExportCallback: wrote {result.path} with {exporter}, "
             f"{metrics['export/size_mb']:.2f} MB in {result.seconds:.1f} s; {checked}"
+        )
+
+
+def _check_checkpoint_source(trainer: pl.Trainer, ckpt_path: Optional[str]) -> None:
+    """``best`` needs a ModelCheckpoint, ``last`` one with ``save_last``; a file may appear while training."""
+    if ckpt_path == "best" and trainer.checkpoint_callback is None:
+        raise CheckpointError(
+            "ckpt_path='best' but the Trainer has no ModelCheckpoint",
+            fix="add ModelCheckpoint(monitor=...) to the Trainer's callbacks, or use ckpt_path=None",
+        )
+    if ckpt_path == "last" and not any(
+        getattr(cb, "save_last", False) for cb in trainer.checkpoint_callbacks
+    ):
+        raise CheckpointError(
+            "ckpt_path='last' but no ModelCheckpoint of the Trainer has save_last set",
+            fix="use ModelCheckpoint(save_last=True), or ckpt_path=None for the current weights",
         )
 
 

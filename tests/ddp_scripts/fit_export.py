@@ -71,6 +71,7 @@ def main() -> None:
         raise
     marker = {
         "exported_here": callback.last_result is not None,
+        "validation_passed": callback.last_result is not None and callback.last_result.validation.passed,
         "last_path": callback.last_path,
         "last_sha256": callback.last_sha256,
         "is_callback_of_trainer_package": isinstance(callback, pl.Callback),
