@@ -207,6 +207,13 @@ def test_a_missing_output_directory_fails_before_exporting(tmp_path, mlp, mlp_in
     assert listing(tmp_path) == []
 
 
+def test_a_report_path_in_a_missing_directory_fails_before_exporting(tmp_path, mlp, mlp_input):
+    report = tmp_path / "metrics" / "validation.json"
+    with pytest.raises(InputError, match=r"export.validation.report=.* directory that does not exist"):
+        onnxport.export(mlp, mlp_input, tmp_path / "model.onnx", validation={"report": str(report)})
+    assert listing(tmp_path) == []
+
+
 def test_a_file_that_fails_validation_is_rejected_and_the_output_untouched(tmp_path):
     output = tmp_path / "model.onnx"
     output.write_bytes(b"the previous, good model")

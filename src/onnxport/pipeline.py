@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from onnxport.config import ExportConfig
-from onnxport.errors import ValidationError
+from onnxport.errors import InputError, ValidationError
 
 if TYPE_CHECKING:
     from onnxport.validation import ValidationReport
@@ -97,6 +97,12 @@ def export(
     config = ExportConfig.coerce(config, **options)
     model = unwrap(model)
     output_path = publish.check_output(output)
+    report_path = _report_path(config, output_path) if config.validation.enabled else None
+    if report_path is not None and not report_path.parent.is_dir():  # found out before, not after, publishing
+        raise InputError(
+            f"export.validation.report={str(report_path)!r} is in a directory that does not exist",
+            fix=f"create it first (mkdir -p {report_path.parent}) or choose another report path",
+        )
 
     with preserved_state(model):
         inputs = prepare_inputs(model, example_inputs, config)
@@ -122,11 +128,9 @@ def export(
             publish.move_into_place(staged, output_path, external_data=run.external_data)
 
     context = run_context(output_path.parent)
-    report_path = None
     if report is not None:
         report.onnx_path = str(output_path)
         report.run = {**report.run, **context}
-        report_path = _report_path(config, output_path)
         report.write_json(report_path)
     size = output_path.stat().st_size
     if run.external_data:
