@@ -154,6 +154,7 @@ BAD_INPUTS = {
         ],
         "4 missing (first: 'bias_hh'), 2 unexpected (first: 'bias')",
     ),
+    "output under a file": (["output=weights.pt/model.onnx"], "output='weights.pt/model.onnx': its dir"),
     "unknown key": (["export.opsett=17"], "Could not override 'export.opsett'"),
     "opset not an int": (["export.opset=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
 }

@@ -110,9 +110,9 @@ def export_from_config(cfg: DictConfig) -> ExportResult:
     checkpoint = _required(cfg, "checkpoint")
     model = model_from_config(cfg, checkpoint)
     # A DVC stage's outs live in directories a fresh clone does not have yet.
-    for path in (output, config.validation.report):
+    for key, path in (("output", output), ("export.validation.report", config.validation.report)):
         if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _make_parent(key, path)
     return onnxport.export(model, None, output, config=config, checkpoint_sha256=file_sha256(checkpoint))
 
 
@@ -161,6 +161,16 @@ def _locate(path: str, key: str) -> Any:
         raise ConfigError(
             f"{key}={path!r} cannot be imported ({type(cause).__name__}: {cause})",
             fix=f"set {key} to an importable 'package.module.Class' path (is the package installed?)",
+        ) from error
+
+
+def _make_parent(key: str, path: str) -> None:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(
+            f"{key}={path!r}: its directory cannot be created ({error.strerror}: {error.filename})",
+            fix=f"set {key} to a path in a writable directory",
         ) from error
 
 
