@@ -234,7 +234,7 @@ def test_validate_against_other_weights_fails_with_exit_1(project, exported, tmp
     torch.manual_seed(123)
     other = tmp_path / "other.pt"
     torch.save(torch.nn.Linear(4, 3).state_dict(), other)
-    report = tmp_path / "report.json"
+    report = tmp_path / "reports" / "report.json"  # a directory that does not exist yet
     status = main(["validate", "models/model.onnx", "--checkpoint", str(other), "--report", str(report)])
     assert status == 1
     captured = capsys.readouterr()

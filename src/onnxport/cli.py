@@ -374,6 +374,7 @@ def _validate_command(args: list[str]) -> int:
     report_path = Path(
         options.report or Path(options.file).with_name(f"{Path(options.file).stem}.validation.json")
     )
+    _make_parent("--report", str(report_path))
     try:
         report = onnxport.validate(options.file, model, None, config=config)
     except ValidationError as error:
