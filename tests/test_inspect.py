@@ -114,6 +114,8 @@ def test_files_protobuf_accepts_are_still_not_onnx(tmp_path, content):
         inspect_model(path)
 
 
-def test_missing_file_is_an_input_error(tmp_path):
+def test_missing_file_or_a_directory_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         inspect_model(tmp_path / "nope.onnx")
+    with pytest.raises(InputError, match="is not a file"):
+        inspect_model(tmp_path)

@@ -27,7 +27,8 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path} does not exist", fix="pass the path of an .onnx file")
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise InputError(f"{path} {problem}", fix="pass the path of an .onnx file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as error:
