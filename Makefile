@@ -16,8 +16,6 @@ setup: $(STAMP)
 
 # The reference pipeline (prepare -> train -> export -> evaluate) on scikit-learn's digits.
 run: setup
-	@git config user.email >/dev/null || git config user.email "onnxport@localhost"
-	@git config user.name  >/dev/null || git config user.name  "onnxport"
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pipelines.summary
 
