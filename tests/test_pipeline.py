@@ -403,6 +403,28 @@ def test_auto_moves_weights_to_a_data_file_past_the_protobuf_limit(tmp_path, mon
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
 
 
+class ConstantTable(nn.Module):
+    """Weights in a plain tensor attribute: no parameter or buffer, but an initializer of the file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.randn(64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.table
+
+
+def test_auto_counts_the_weights_the_file_holds_not_the_parameters(tmp_path, monkeypatch):
+    monkeypatch.setattr(publish, "PROTOBUF_LIMIT", 1024)
+    model = ConstantTable()
+    assert not [*model.parameters(), *model.buffers()]
+
+    # dynamo lifts the table into an initializer (TorchScript keeps it in a Constant node)
+    result = onnxport.export(model, torch.randn(2, 64), tmp_path / "model.onnx", exporter="dynamo")
+
+    assert result.external_data and (tmp_path / "model.onnx.data").stat().st_size >= 64 * 64 * 4
+
+
 def test_never_refuses_weights_past_the_protobuf_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(publish, "PROTOBUF_LIMIT", 1024)
     output = tmp_path / "model.onnx"

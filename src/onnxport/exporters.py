@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,9 @@ from onnxport.inputs import (
     forward_signature,
     resolve_dynamic_axes,
 )
+
+if TYPE_CHECKING:
+    import onnx
 
 # The dynamo exporter builds opset 18 graphs and converts them with onnxscript's
 # version converter; torch declares the newest opset it targets in ONNX_MAX_OPSET.
@@ -94,9 +97,6 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
         # The program's shapes are fixed already: its symbolic dims get these names,
         # and only the axes the user named are required to be dynamic.
         dynamic_axes = {name: axes for name, axes in dynamic_axes.items() if name in config.dynamic_axes}
-    external = config.external_data == "always" or (
-        config.external_data == "auto" and _state_bytes(model) >= publish.PROTOBUF_LIMIT
-    )
     traced = _grow_unit_axes(inputs, dynamic_axes)
 
     target, traced = _exportable(model, traced)
@@ -108,7 +108,7 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
                 _export_dynamo(target, traced, path, config, output_names, axis_names)
             else:
                 _export_torchscript(target, traced, path, config, output_names, dynamic_axes)
-            _check_file(path, inputs.names, dynamic_axes, config.opset, exporter)
+            written = _check_file(path, inputs.names, dynamic_axes, config.opset, exporter)
         except OpsetNotProduced as error:
             if exporter == candidates[-1]:
                 raise
@@ -125,8 +125,14 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
             continue
         reasons = [f"{name} failed: {_summary(error)}" for name, error in failures]
         reason = "; ".join(([forced_reason] if forced_reason else []) + reasons) or None
-        written = _symbolic_axes(path)
-        return ExporterRun(exporter, reason, list(inputs.names), output_names, written, external)
+        # Judged on the written file, not the model: folded constants or duplicated tied weights count too.
+        external = config.external_data == "always" or (
+            config.external_data == "auto"
+            and publish.payload_bytes(written.graph.initializer) >= publish.PROTOBUF_LIMIT
+        )
+        return ExporterRun(
+            exporter, reason, list(inputs.names), output_names, _symbolic_axes(written), external
+        )
     raise _export_failure(failures, config.opset)
 
 
@@ -336,12 +342,6 @@ def _grow_unit_axes(inputs: ModelInputs, dynamic_axes: dict[str, dict[int, str]]
     return inputs.with_tensors(tensors)
 
 
-def _state_bytes(model: Any) -> int:
-    from onnxport.inputs import _state_tensors
-
-    return sum(t.numel() * t.element_size() for t in _state_tensors(model))
-
-
 @contextlib.contextmanager
 def preserved_state(model: Any) -> Iterator[None]:
     """Export in eval mode and give the caller back every submodule's training flag and grad flags."""
@@ -384,7 +384,8 @@ def _quiet() -> Iterator[None]:
 
 def _check_file(
     path: Path, input_names: list[str], dynamic_axes: dict[str, dict[int, str]], opset: int, exporter: str
-) -> None:
+) -> onnx.ModelProto:
+    """The written file (external weights stay on disk) once it has the asked opset and dynamic axes."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -406,14 +407,12 @@ def _check_file(
             if axis < len(dims) and dims[axis].HasField("dim_value"):
                 _remove(path)
                 raise _specialised_error((name, axis, dims[axis].dim_value), dynamic_axes)
+    return model
 
 
-def _symbolic_axes(path: Path) -> dict[str, dict[int, str]]:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
+def _symbolic_axes(model: onnx.ModelProto) -> dict[str, dict[int, str]]:
     axes = {}
-    for value in [*graph.input, *graph.output]:
+    for value in [*model.graph.input, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim
         named = {axis: dim.dim_param for axis, dim in enumerate(dims) if dim.dim_param}
         if named:

@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,7 +139,7 @@ def _write_inline(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: 
     """
     import onnx
 
-    total = sum(_payload_size(tensor) or 0 for tensor in tensors)
+    total = payload_bytes(tensors)
     if total >= PROTOBUF_LIMIT:
         raise PublishError(
             f"the weights ({total / 2**30:.1f} GiB) do not fit in one ONNX file (2 GiB protobuf limit)",
@@ -182,6 +182,11 @@ def _write_external(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged
             model.graph.initializer.append(tensor)
     with open(staged, "wb") as out:
         out.write(model.SerializeToString())
+
+
+def payload_bytes(tensors: Iterable[onnx.TensorProto]) -> int:
+    """Bytes of the initializers' data, inline or external: what decides ``external_data: auto``."""
+    return sum(_payload_size(tensor) or 0 for tensor in tensors)
 
 
 def _payload_size(tensor: onnx.TensorProto) -> int | None:
