@@ -378,9 +378,8 @@ def _validate_command(args: list[str]) -> int:
     try:
         report = onnxport.validate(options.file, model, None, config=config)
     except ValidationError as error:
-        if error.report is not None:
+        if error.report is not None:  # validate() has already logged its table to stderr
             error.report.write_json(report_path)
-            print(error.report.summary())
         raise
     report.write_json(report_path)
     print(report.summary())
