@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,20 @@ def test_provenance_is_read_back_from_metadata(exported):
     assert provenance["torch_version"] == torch.__version__
     assert info["validation"]["passed"] is True
     assert "git_commit" in info["validation"]["run"]
+
+
+def test_a_report_vouching_for_other_bytes_is_not_shown(exported, tmp_path):
+    # The report names the sha256 of the file it validated; a replaced model must not inherit it.
+    copy = tmp_path / "mlp.onnx"
+    shutil.copy2(exported, copy)
+    shutil.copy2(exported.with_name("mlp.onnx.data"), tmp_path / "mlp.onnx.data")
+    report = json.loads(exported.with_name("mlp.validation.json").read_text())
+    (tmp_path / "mlp.validation.json").write_text(json.dumps(report))
+    assert inspect_model(copy)["validation"]["passed"] is True  # same bytes: the report holds
+
+    report["run"]["onnx_sha256"] = "0" * 64
+    (tmp_path / "mlp.validation.json").write_text(json.dumps(report))
+    assert inspect_model(copy)["validation"] is None
 
 
 def test_text_report_lists_signature_operators_and_provenance(exported):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxport.errors import InputError
+from onnxport.load import file_sha256  # standard library only: no torch
 
 PROVENANCE_PREFIX = "onnxport."
 
@@ -113,7 +114,8 @@ def _validation_report(path: Path, provenance: dict[str, Any]) -> dict[str, Any]
 
     The git commit is kept out of the ONNX file on purpose (same model, same bytes), so the
     report is where it is found: at the configured ``validation.report`` (relative to the
-    directory export ran in, usually the cwd) or beside the file.
+    directory export ran in, usually the cwd) or beside the file. A report that names another
+    file's sha256 is stale (the model was replaced since) and is not shown.
     """
     config = provenance.get("config")
     configured = config.get("validation", {}).get("report") if isinstance(config, dict) else None
@@ -122,8 +124,13 @@ def _validation_report(path: Path, provenance: dict[str, Any]) -> dict[str, Any]
             data = json.loads(Path(report).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(data, dict):
-            return {"path": str(report), "passed": bool(data.get("passed")), "run": data.get("run", {})}
+        if not isinstance(data, dict):
+            continue
+        run = data.get("run", {})
+        vouched = run.get("onnx_sha256") if isinstance(run, dict) else None
+        if vouched and vouched != file_sha256(path):
+            continue
+        return {"path": str(report), "passed": bool(data.get("passed")), "run": run}
     return None
 
 

@@ -128,6 +128,7 @@ def export(
             publish.move_into_place(staged, output_path, external_data=run.external_data)
 
     context = run_context(output_path.parent)
+    sha256 = file_sha256(output_path)
     if report is not None:
         report.onnx_path = str(output_path)
         report.run = {**report.run, **context}
@@ -137,7 +138,7 @@ def export(
         size += Path(f"{output_path}.data").stat().st_size
     result = ExportResult(
         path=output_path,
-        sha256=file_sha256(output_path),
+        sha256=sha256,
         exporter=run.exporter,
         fallback_reason=run.fallback_reason,
         input_names=run.input_names,

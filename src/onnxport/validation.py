@@ -41,6 +41,7 @@ from onnxport.errors import (
 )
 from onnxport.exporters import preserved_state, probe
 from onnxport.inputs import ModelInputs, flatten_outputs, generate_inputs, prepare_inputs
+from onnxport.load import file_sha256
 from onnxport.parity import compare, first_divergence, to_numpy
 from onnxport.provenance import run_context
 from onnxport.report import CaseResult, ValidationReport
@@ -128,7 +129,8 @@ def validate(
         torch_latency_ms=torch_ms,
         ort_latency_ms=ort_ms,
         first_divergence=divergence,
-        run=run_context(),
+        # The file's hash ties the report to the exact bytes it vouches for (`onnxport inspect`).
+        run={**run_context(), "onnx_sha256": file_sha256(path)},
     )
     if report.passed:
         logger.info("%s", report.summary())
