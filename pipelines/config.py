@@ -13,12 +13,11 @@ CONFIG_NAME = "config"
 
 def compose(overrides: Sequence[str] = (), config_dir: str | Path = CONFIG_DIR) -> DictConfig:
     """The composed and resolved pipeline config, with no stage bookkeeping."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(str(Path(config_dir).resolve()), version_base=None):
-        cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
+    from onnxport.stage import compose_config
+
+    cfg = compose_config(config_dir, CONFIG_NAME, overrides)
     OmegaConf.resolve(cfg)  # as DVC does before writing params.yaml
     return cfg
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from onnxport.cli import compose_config, export_from_config, main
+from onnxport.cli import export_from_config, main
+from onnxport.stage import compose_config
 
 ONNXPORT = str(Path(sys.executable).with_name("onnxport"))
 

@@ -15,11 +15,10 @@ package also runs in the other's Trainer when passed in the ``callbacks`` list.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -218,6 +217,7 @@ class OnnxExportCallback(Callback):
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ExportResult:
         import torch
 
+        from onnxport.exporters import preserved_state
         from onnxport.load import file_sha256
         from onnxport.pipeline import export
 
@@ -236,7 +236,7 @@ class OnnxExportCallback(Callback):
             model, checkpoint_sha256 = self._checkpoint_copy(trainer, pl_module, path), file_sha256(path)
         # Drawing the first batch seeds a sampler and workers from the global RNG; forking it keeps
         # the shuffling of the epochs after an export (and of a later fit) as if nothing happened.
-        with torch.random.fork_rng(devices=[]), _modes_restored(model):
+        with torch.random.fork_rng(devices=[]), preserved_state(model):
             example_inputs = self._example_inputs(trainer, pl_module)
             result = export(
                 model,
@@ -390,14 +390,3 @@ def _input_part(batch: Any, pl_module: pl.LightningModule) -> Any:
         named = {key: value for key, value in batch.items() if key in parameters}
         return named or dict(batch)
     return batch
-
-
-@contextlib.contextmanager
-def _modes_restored(module: nn.Module) -> Iterator[None]:
-    """Put every submodule back in the train/eval mode it had (the export switches to eval)."""
-    modes = [(m, m.training) for m in module.modules()]
-    try:
-        yield
-    finally:
-        for submodule, training in modes:
-            submodule.training = training

@@ -346,6 +346,7 @@ def _inspect_command(args: list[str]) -> int:
 def _validate_command(args: list[str]) -> int:
     import onnxport
     from onnxport.errors import ValidationError
+    from onnxport.stage import compose_config
 
     parser = argparse.ArgumentParser(
         prog="onnxport validate",
@@ -365,7 +366,10 @@ def _validate_command(args: list[str]) -> int:
         raise InputError(f"{options.file} does not exist", fix="pass the path of an existing .onnx file")
 
     _import_from_cwd()
-    cfg = compose_config(options.config_dir, options.config_name, options.overrides)
+    if not Path(options.config_dir).is_dir():
+        raise ConfigError(f"config dir {options.config_dir!r} does not exist", fix="pass --config-dir DIR")
+    with _hydra_raises():
+        cfg = compose_config(options.config_dir, options.config_name, options.overrides)
     config = export_config_from(cfg)
     checkpoint = options.checkpoint or _required(cfg, "checkpoint")
     model = model_from_config(cfg, checkpoint)
@@ -388,20 +392,6 @@ def _validate_command(args: list[str]) -> int:
         print(f"onnxport validate: {options.file} failed validation (see {report_path})", file=sys.stderr)
         return ValidationError.exit_code
     return 0
-
-
-def compose_config(config_dir: str, config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """Compose ``config_dir/config_name`` with ``overrides`` as ``onnxport export`` would."""
-    from hydra import compose, initialize_config_dir
-
-    register_configs()
-    if not Path(config_dir).is_dir():
-        raise ConfigError(f"config dir {config_dir!r} does not exist", fix="pass --config-dir DIR")
-    with (
-        _hydra_raises(),
-        initialize_config_dir(str(Path(config_dir).resolve()), version_base=None),
-    ):
-        return compose(config_name, overrides=list(overrides))
 
 
 if __name__ == "__main__":

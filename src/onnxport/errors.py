@@ -7,6 +7,7 @@ published).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 EXIT_VALIDATION_FAILED = 1
@@ -92,3 +93,18 @@ class ParityError(ValidationError):
 
 class NonFiniteError(ParityError):
     """NaN or Inf appeared in the outputs of PyTorch or ONNX Runtime."""
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """A foreign exception as one short line, for the message of an onnxport error.
+
+    torch.onnx wraps the root cause in pages of advice and colour codes; its
+    ``<class '...'>`` line is the cause. Anything else is joined onto one line.
+    """
+    if isinstance(error, OnnxportError):
+        return " ".join(error.message.split())
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    root = [line.strip() for line in text.splitlines() if line.strip().startswith("<class '")]
+    line = re.sub(r"^<class '(?:\w+\.)*(\w+)'>", r"\1", root[0]) if root else " ".join(text.split())
+    line = line or type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

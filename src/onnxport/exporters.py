@@ -22,8 +22,8 @@ from onnxport.errors import (
     ConfigError,
     ExportError,
     InputError,
-    OnnxportError,
     UnsupportedOperatorError,
+    one_line,
 )
 from onnxport.inputs import (
     ModelInputs,
@@ -123,7 +123,7 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
                 raise _specialised_error(specialised, dynamic_axes) from error
             failures.append((exporter, error))
             continue
-        reasons = [f"{name} failed: {_summary(error)}" for name, error in failures]
+        reasons = [f"{name} failed: {one_line(error)}" for name, error in failures]
         reason = "; ".join(([forced_reason] if forced_reason else []) + reasons) or None
         # Judged on the written file, not the model: folded constants or duplicated tied weights count too.
         external = config.external_data == "always" or (
@@ -144,7 +144,7 @@ def probe(model: Any, inputs: ModelInputs) -> Any:
         shapes = ", ".join(f"{name}{tuple(shape)}" for name, shape in inputs.shapes().items())
         raise InputError(
             f"{type(model).__name__} raised {type(error).__name__} on the example inputs ({shapes}): "
-            f"{_summary(error)}",
+            f"{one_line(error)}",
             fix=f"pass example inputs that forward{forward_signature(model)} accepts",
         ) from error
 
@@ -459,7 +459,7 @@ def _export_failure(failures: list[tuple[str, BaseException]], opset: int) -> Ex
                 fix=f"replace {operator} in the model, or register an ONNX translation for it "
                 "(torch.onnx.export's custom_translation_table)",
             )
-    details = "; ".join(f"{name}: {_summary(error)}" for name, error in failures)
+    details = "; ".join(f"{name}: {one_line(error)}" for name, error in failures)
     return ExportError(
         f"torch.onnx could not export the model ({details})",
         fix="run torch.onnx.export(..., report=True) on the model to see the full trace",
@@ -477,18 +477,6 @@ def _unsupported_operator(error: BaseException) -> str | None:
         match = re.search(r"(\w+::\w+(?:\.\w+)*)", text)
         return match.group(1) if match else None
     return None
-
-
-def _summary(error: BaseException) -> str:
-    """One line from a torch.onnx error: the root exception's summary, not the advice around it."""
-    if isinstance(error, OnnxportError):
-        return " ".join(error.message.split())
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    root = [line for line in lines if line.startswith("<class '")]
-    line = root[0] if root else (lines[0] if lines else type(error).__name__)
-    line = re.sub(r"^<class '(?:[\w]+\.)*(\w+)'>", r"\1", line)
-    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def _remove(path: Path) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxport.errors import CheckpointError, InputError
+from onnxport.errors import CheckpointError, InputError, one_line
 
 if TYPE_CHECKING:
     import torch
@@ -183,14 +183,9 @@ def _refused_global(message: str) -> str | None:
 
 def _corrupt(path: Path, error: BaseException) -> CheckpointError:
     return CheckpointError(
-        f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {_first_line(error)})",
+        f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {one_line(error)})",
         fix="re-save or re-download the file and compare its sha256",
     )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _guarded(path: Path, load: Any) -> Any:
@@ -248,7 +243,7 @@ def _load_lightning(path: Path, cls: type, trust_checkpoint: bool, map_location:
         return cls.load_from_checkpoint(path, map_location=map_location, weights_only=not trust_checkpoint)
     except (RuntimeError, KeyError, TypeError) as error:
         raise CheckpointError(
-            f"{cls.__qualname__}.load_from_checkpoint({path}) failed: {_first_line(error)}",
+            f"{cls.__qualname__}.load_from_checkpoint({path}) failed: {one_line(error)}",
             fix="check that model_class is the class this checkpoint was trained with",
         ) from error
 
@@ -294,7 +289,7 @@ def _instantiate(config: Any) -> nn.Module:
         built = instantiate(config)
     except InstantiationException as error:
         raise InputError(
-            f"model _target_ {target!r} could not be built: {_first_line(error)}",
+            f"model _target_ {target!r} could not be built: {one_line(error)}",
             fix="check the import path and arguments of _target_ (it must import from the cwd)",
         ) from error
     if not isinstance(built, nn.Module):

@@ -16,13 +16,16 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 
 from onnxport.report import OutputCheck
+
+if TYPE_CHECKING:
+    from onnxport.inputs import ModelInputs
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +61,7 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def first_divergence(
-    path: str | os.PathLike[str],
-    model: Any,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    atol: float,
-    rtol: float,
+    path: str | os.PathLike[str], model: Any, inputs: ModelInputs, atol: float, rtol: float
 ) -> Optional[str]:
     """The first operator, in execution order, whose ONNX value breaks the tolerances.
 
@@ -71,6 +69,7 @@ def first_divergence(
     or ``None`` when no intermediate value can be matched (e.g. a TorchScript export,
     whose value names are not FX node names) or none diverges.
     """
+    args, kwargs = inputs.args, inputs.kwargs
     if isinstance(model, torch.export.ExportedProgram):
         program = model
     else:
@@ -96,7 +95,7 @@ def first_divergence(
         return None
     extra = [onnx_value for _, onnx_value in names if onnx_value not in graph_outputs]
     proto.graph.output.extend(onnx.ValueInfoProto(name=value) for value in extra)
-    actual = dict(zip(graph_outputs + extra, _run_in_directory(proto, path, args, kwargs), strict=True))
+    actual = dict(zip(graph_outputs + extra, _run_in_directory(proto, path, inputs.feed()), strict=True))
     for fx, onnx_value in names:
         check = compare(onnx_value, expected[fx], actual[onnx_value], atol, rtol)
         if check.error is not None:  # same name, other layout: not comparable, not evidence
@@ -126,7 +125,7 @@ def _torch_values(module: torch.fx.GraphModule, flat_inputs: list[Any]) -> tuple
     return values, targets, output_nodes
 
 
-def _run_in_directory(proto: Any, path: Path, args: tuple, kwargs: dict) -> list[np.ndarray]:
+def _run_in_directory(proto: Any, path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run ``proto`` from a temporary file beside ``path`` so relative external data resolves."""
     import onnx
     import onnxruntime as ort
@@ -136,10 +135,6 @@ def _run_in_directory(proto: Any, path: Path, args: tuple, kwargs: dict) -> list
     try:
         onnx.save(proto, temporary)
         session = ort.InferenceSession(temporary, providers=["CPUExecutionProvider"])
-        tensors = [leaf for leaf in pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
-        feed = {
-            meta.name: t.detach().cpu().numpy() for meta, t in zip(session.get_inputs(), tensors, strict=True)
-        }
         return session.run(None, feed)
     finally:
         with contextlib.suppress(FileNotFoundError):

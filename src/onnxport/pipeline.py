@@ -128,7 +128,8 @@ def export(
             publish.move_into_place(staged, output_path, external_data=run.external_data)
 
     context = run_context(output_path.parent)
-    sha256 = file_sha256(output_path)
+    # validate() hashed the staged bytes that os.replace has just moved: no second pass over them.
+    sha256 = report.run["onnx_sha256"] if report is not None else file_sha256(output_path)
     if report is not None:
         report.onnx_path = str(output_path)
         report.run = {**report.run, **context}

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARAMS_FILE = "params.yaml"  # the only file DVC's Hydra composition writes
+
+
+def compose_config(
+    config_dir: str | os.PathLike[str], config_name: str, overrides: Sequence[str] = ()
+) -> DictConfig:
+    """Compose ``config_dir/config_name`` with ``overrides``, with onnxport's schema registered."""
+    from hydra import compose, initialize_config_dir
+
+    from onnxport.cli import register_configs
+
+    register_configs()
+    with initialize_config_dir(str(Path(config_dir).resolve()), version_base=None):
+        return compose(config_name, overrides=list(overrides))
 
 
 def resolve_stage_config(cfg: DictConfig) -> DictConfig:

@@ -38,6 +38,7 @@ from onnxport.errors import (
     ParityError,
     SessionError,
     SignatureMismatchError,
+    one_line,
 )
 from onnxport.exporters import preserved_state, probe
 from onnxport.inputs import ModelInputs, flatten_outputs, generate_inputs, prepare_inputs
@@ -166,7 +167,7 @@ def check_file(path: Path) -> None:
         onnx.checker.check_model(os.fspath(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise CheckerError(
-            f"onnx.checker rejected {path.name}: {_first_line(error)}",
+            f"onnx.checker rejected {path.name}: {one_line(error)}",
             fix="re-export with a supported opset, or report the exporter bug with this file",
         ) from error
 
@@ -179,7 +180,7 @@ def open_session(path: Path) -> onnxruntime.InferenceSession:
         return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
         raise SessionError(
-            f"onnxruntime {ort.__version__} cannot load {path.name}: {_first_line(error)}",
+            f"onnxruntime {ort.__version__} cannot load {path.name}: {one_line(error)}",
             fix="export with an opset this onnxruntime supports, or upgrade onnxruntime",
         ) from error
 
@@ -324,12 +325,12 @@ def _run_case(
     try:
         expected = _flat_outputs(case.inputs.call(model))
     except Exception as error:  # the model itself cannot run at this size
-        result.error = f"torch raised {type(error).__name__}: {_first_line(error)}"
+        result.error = f"torch raised {type(error).__name__}: {one_line(error)}"
         return result
     try:
         actual = session.run(None, case.inputs.feed())
     except Exception as error:  # e.g. a Reshape that baked in the export size
-        result.error = f"onnxruntime raised {_first_line(error)}"
+        result.error = f"onnxruntime raised {one_line(error)}"
         return result
     if len(expected) != len(actual):
         result.error = f"torch returned {len(expected)} tensors, onnxruntime {len(actual)}"
@@ -346,10 +347,7 @@ def _localize(
     """Name the first diverging operator at the first case whose outputs could be compared."""
     for case, result in zip(cases, results, strict=True):
         if not result.passed and result.error is None:
-            inputs = case.inputs
-            divergence = first_divergence(
-                path, model, inputs.args, inputs.kwargs, settings.atol, settings.rtol
-            )
+            divergence = first_divergence(path, model, case.inputs, settings.atol, settings.rtol)
             return f"{divergence} at {case.label}" if divergence else None
     return None
 
@@ -408,8 +406,3 @@ def _exact_float32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def _first_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= 300 else text[:297] + "..."
