@@ -292,6 +292,21 @@ def test_the_default_export_does_not_copy_the_weights_of_a_large_model(tmp_path)
     assert retained < weight_bytes / 4, f"export kept {retained / 2**20:.0f} MiB after returning"
 
 
+@pytest.mark.slow
+def test_a_validated_export_needs_less_than_two_copies_of_the_weights(tmp_path):
+    # Issue 2: "a 1 GB model must not need 2 GB extra", with validation on (the default).
+    model = nn.Sequential(nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 8)).eval()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # ~64 MiB
+    example = torch.randn(2, 4096)
+    onnxport.export(model, example, tmp_path / "warmup.onnx", validation={"latency_runs": 0})
+
+    with PeakRss() as memory:
+        result = onnxport.export(model, example, tmp_path / "big.onnx", validation={"latency_runs": 0})
+    assert result.validation.passed
+    # ONNX Runtime's session holds its own copy (about 1.3x); onnx.checker reads only the graph.
+    assert memory.extra < 2 * weight_bytes, f"peak {memory.extra / 2**20:.0f} MiB above the start"
+
+
 REPRO_MODEL = """
 import torch
 from torch import nn
@@ -432,3 +447,18 @@ def test_never_refuses_weights_past_the_protobuf_limit(tmp_path, monkeypatch):
         onnxport.export(TinyMLP(64, 64).eval(), torch.randn(2, 64), output, external_data="never")
     assert "external_data" in error.value.fix
     assert not output.exists()
+
+
+def test_external_data_keeps_shape_data_inline_so_strict_shape_inference_passes(tmp_path):
+    # TinyCNN's mean reads its axes from an int64 initializer: shape inference must see it.
+    torch.manual_seed(0)
+    result = onnxport.export(
+        TinyCNN().eval(), torch.randn(2, 1, 8, 8), tmp_path / "cnn.onnx", external_data="always"
+    )
+    assert result.validation.passed
+    header = onnx.load(str(result.path), load_external_data=False)
+    layout = {
+        (t.data_type == onnx.TensorProto.INT64, t.data_location == onnx.TensorProto.EXTERNAL)
+        for t in header.graph.initializer
+    }
+    assert layout == {(True, False), (False, True)}  # integers inline, float weights external

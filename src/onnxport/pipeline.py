@@ -109,30 +109,44 @@ def export(
         with publish.staging_dir(output_path) as stage:
             raw = stage / "exported.onnx"
             run = run_exporter(model, inputs, raw, config)
-            staged = stage / output_path.name
+            metadata = publish.provenance_metadata(
+                config,
+                exporter=run.exporter,
+                fallback_reason=run.fallback_reason,
+                checkpoint_sha256=checkpoint_sha256,
+            )
+            # Validated with the weights beside the graph: onnx.checker then reads the graph alone,
+            # where a self-contained file is read and parsed whole (2x the weights in memory).
+            validating = config.validation.enabled
+            checked = stage / output_path.name
             publish.finalize(
                 raw,
-                staged,
-                metadata=publish.provenance_metadata(
-                    config,
-                    exporter=run.exporter,
-                    fallback_reason=run.fallback_reason,
-                    checkpoint_sha256=checkpoint_sha256,
-                ),
+                checked,
+                metadata=metadata,
                 model_version=config.model_version,
-                external_data=run.external_data,
+                external_data=run.external_data or validating,
             )
+            published = checked
+            if validating and not run.external_data:  # the same graph and weights, streamed into one file
+                published = stage / "inline" / output_path.name
+                published.parent.mkdir()
+                publish.finalize(
+                    checked,
+                    published,
+                    metadata=metadata,
+                    model_version=config.model_version,
+                    external_data=False,
+                )
             report = None
-            if config.validation.enabled:
-                report = _validate(staged, model, inputs, config, output_path)
-            publish.move_into_place(staged, output_path, external_data=run.external_data)
+            if validating:
+                report = _validate(checked, published, model, inputs, config, output_path)
+            publish.move_into_place(published, output_path, external_data=run.external_data)
 
     context = run_context(output_path.parent)
-    # validate() hashed the staged bytes that os.replace has just moved: no second pass over them.
-    sha256 = report.run["onnx_sha256"] if report is not None else file_sha256(output_path)
+    sha256 = file_sha256(output_path)
     if report is not None:
         report.onnx_path = str(output_path)
-        report.run = {**report.run, **context}
+        report.run = {**report.run, **context, "onnx_sha256": sha256}  # the published bytes
         report.write_json(report_path)
     size = output_path.stat().st_size
     if run.external_data:
@@ -159,15 +173,20 @@ def export(
     return result
 
 
-def _validate(staged: Path, model: Any, inputs: Any, config: ExportConfig, output: Path) -> Any:
+def _validate(
+    checked: Path, published: Path, model: Any, inputs: Any, config: ExportConfig, output: Path
+) -> Any:
+    """Validate ``checked``; on failure keep ``published`` (its final layout) as ``<stem>.rejected.onnx``."""
     from onnxport import publish
+    from onnxport.load import file_sha256
     from onnxport.validation import validate
 
     try:
-        return validate(staged, model, inputs, config=config)
+        return validate(checked, model, inputs, config=config)
     except ValidationError as error:
-        rejected = publish.keep_rejected(staged, output)
+        rejected = publish.keep_rejected(published, output)
         if error.report is not None:
+            error.report.run["onnx_sha256"] = file_sha256(rejected)
             # Beside the rejected file, not at the report path: that one describes the published model.
             error.report.write_json(rejected.with_name(f"{output.stem}.rejected.validation.json"))
         logger.error("validation failed; the file was kept as %s and %s is untouched", rejected, output)

@@ -10,6 +10,7 @@ and moved with ``os.replace`` only once the caller says so.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -172,7 +173,10 @@ def _write_external(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged
     with open(staged.parent / location, "wb") as data:
         for tensor in tensors:
             size = _payload_size(tensor)
-            if size is not None:
+            if _is_shape_data(tensor, size):  # read by shape inference: it cannot follow external data
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    tensor.raw_data = _read_payload(_detach_payload(tensor, raw_dir))
+            elif size is not None:
                 source = _detach_payload(tensor, raw_dir)
                 offset = data.tell()
                 source(data)
@@ -182,6 +186,23 @@ def _write_external(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged
             model.graph.initializer.append(tensor)
     with open(staged, "wb") as out:
         out.write(model.SerializeToString())
+
+
+SHAPE_DATA_BYTES = 1024
+"""Integer initializers up to this size (shapes, axes, indices) stay inline in an external layout."""
+
+
+def _is_shape_data(tensor: onnx.TensorProto, size: int | None) -> bool:
+    import onnx
+
+    integer = tensor.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    return integer and size is not None and size <= SHAPE_DATA_BYTES
+
+
+def _read_payload(write: Any) -> bytes:
+    buffer = io.BytesIO()
+    write(buffer)
+    return buffer.getvalue()
 
 
 def payload_bytes(tensors: Iterable[onnx.TensorProto]) -> int:
