@@ -321,7 +321,7 @@ def test_failed_export_warns_or_raises_and_never_writes_the_output(tmp_path):
 def test_best_and_last_checkpoints_export_their_weights_and_leave_the_module_alone(tmp_path):
     import onnx
 
-    from onnxport.load import file_sha256
+    from onnxport.hashing import file_sha256
 
     module = Regressor(lr=0.5)
     checkpoint = ModelCheckpoint(tmp_path / "best", monitor="score", mode="min")

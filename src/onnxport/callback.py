@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import pytorch_lightning as pl
     from torch import nn
 
-    from onnxport.pipeline import ExportResult
+    from onnxport.workflow import ExportResult
 
 ON_ERROR_POLICIES = ("raise", "warn")
 CHECKPOINT_ALIASES = ("best", "last")
@@ -79,7 +79,7 @@ class OnnxExportCallback(Callback):
     ranks wait; if rank 0 fails, every rank raises.
 
     Attributes:
-        last_result: The :class:`~onnxport.pipeline.ExportResult` of the last export (global rank 0).
+        last_result: The :class:`~onnxport.workflow.ExportResult` of the last export (global rank 0).
         last_path: Path of the last exported file (every rank; kept in checkpoints).
         last_sha256: Its sha256 (every rank; kept in checkpoints).
 
@@ -217,9 +217,9 @@ class OnnxExportCallback(Callback):
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ExportResult:
         import torch
 
-        from onnxport.exporters import preserved_state
-        from onnxport.load import file_sha256
-        from onnxport.pipeline import export
+        from onnxport.hashing import file_sha256
+        from onnxport.model_state import preserved_state
+        from onnxport.workflow import export
 
         # Made when the file is written, as ModelCheckpoint makes its dirpath: the default log_dir
         # does not exist yet when nothing else wrote there (no logger, no checkpoints).

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from onnxport.config import ExportConfig
-    from onnxport.pipeline import ExportResult
+    from onnxport.workflow import ExportResult
 
 PACKAGED_CONF = Path(__file__).with_name("conf")
 DEFAULT_CONFIG_DIR = "conf"
@@ -103,7 +103,7 @@ def export_from_config(cfg: DictConfig) -> ExportResult:
     ``export`` (the :class:`~onnxport.config.ExportConfig` fields).
     """
     import onnxport
-    from onnxport.load import file_sha256
+    from onnxport.hashing import file_sha256
 
     output = _required(cfg, "output")
     config = export_config_from(cfg)

@@ -67,6 +67,8 @@ class ToleranceConfig:
     """Absolute tolerance for this output."""
     rtol: Optional[float] = None
     """Relative tolerance for this output."""
+    allow_nonfinite: bool = False
+    """Accept NaN/Inf in this output (where ONNX Runtime has them too); by default any NaN or Inf fails."""
 
 
 @dataclass

@@ -15,7 +15,6 @@ Pickled checkpoints load with ``weights_only=True`` unless the caller passes
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import re
@@ -116,15 +115,6 @@ def load_model(
     target = _build_target(model, model_class, path)
     _load_state_dict(target, state_dict, path)
     return target
-
-
-def file_sha256(path: PathLike, *, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so a large checkpoint is never held in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _archive_kind(path: Path) -> str:

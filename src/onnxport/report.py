@@ -10,10 +10,18 @@ Only the standard library is imported here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
+
+from onnxport.errors import InputError
+
+REPORT_SIZE_LIMIT = 1 << 20
+"""Bytes a validation report may have: anything larger is not one (``inspect`` reads no more)."""
 
 
 @dataclass
@@ -33,21 +41,31 @@ class OutputCheck:
     inf_ort: int = 0
     error: Optional[str] = None
     """Why the output could not be compared (e.g. shapes differ), ``None`` when it was."""
+    allow_nonfinite: bool = False
+    """NaN and Inf in the torch output are expected (``per_output.<name>.allow_nonfinite``)."""
 
     @property
     def non_finite(self) -> bool:
-        """NaN on either side, or Inf that the other side does not match."""
-        return bool(self.nan_torch or self.nan_ort or self.inf_torch != self.inf_ort)
+        """NaN or Inf that fails: any at all, or with ``allow_nonfinite`` any the two sides do not share."""
+        if self.allow_nonfinite:
+            return bool(self.nan_torch != self.nan_ort or self.inf_torch != self.inf_ort)
+        return bool(self.nan_torch or self.nan_ort or self.inf_torch or self.inf_ort)
 
     @property
     def passed(self) -> bool:
-        # NaN and unmatched Inf count as mismatched elements; Inf on both sides may pass
-        return self.error is None and self.mismatch_pct == 0.0
+        # NaN and unmatched Inf count as mismatched elements; a non-finite reference fails unless allowed
+        return self.error is None and self.mismatch_pct == 0.0 and not self.non_finite
 
     def problem(self) -> str:
         """One phrase saying why this output failed."""
         if self.error:
             return self.error
+        if not self.allow_nonfinite and (self.nan_torch or self.inf_torch) and self.mismatch_pct == 0.0:
+            count = self.nan_torch + self.inf_torch
+            return (
+                f"has {count} NaN/Inf elements in torch's own output (set "
+                f"export.validation.per_output.{self.name}.allow_nonfinite=true if they are expected)"
+            )
         nan = [side for side, count in (("torch", self.nan_torch), ("onnxruntime", self.nan_ort)) if count]
         if nan:
             return f"NaN found in the {' and '.join(nan)} output"
@@ -155,12 +173,12 @@ class ValidationReport:
         return metrics
 
     def write_json(self, path: str | os.PathLike[str]) -> str:
-        """Write :meth:`to_dict` as JSON (a DVC metrics file); returns the path written."""
-        path = os.fspath(path)
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True, allow_nan=False)
-            handle.write("\n")
-        return path
+        """Write :meth:`to_dict` as JSON (a DVC metrics file), atomically; returns the path written.
+
+        Refuses (``InputError``) a path that is a directory or holds something other than an
+        onnxport report: a wrong path must not destroy a model or a checkpoint.
+        """
+        return write_report(self.to_dict(), path)
 
     # -- for people ----------------------------------------------------------------------
 
@@ -209,3 +227,89 @@ class ValidationReport:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+# -- writing reports -------------------------------------------------------------------------
+
+
+def read_report(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The report at ``path`` as a dict, or ``None`` when it is not a regular file under
+    :data:`REPORT_SIZE_LIMIT` holding a JSON object with ``passed`` (a FIFO, a device, a
+    symlink out of the way and any other file all give ``None``; nothing blocks)."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then says it is no file
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not _is_regular(info.st_mode) or info.st_size > REPORT_SIZE_LIMIT:
+            return None
+        raw = handle.read(REPORT_SIZE_LIMIT + 1)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and "passed" in data else None
+
+
+def check_report_target(path: str | os.PathLike[str], key: str = "report") -> Path:
+    """Refuse a report path whose current content is not a report; returns it absolute.
+
+    A symlink at ``path`` is fine: the write replaces the link, never its target.
+    """
+    target = Path(path).expanduser().absolute()
+    if target.is_dir() and not target.is_symlink():
+        raise InputError(
+            f"{key}={str(path)!r} is a directory", fix=f"set {key} to a file path such as validation.json"
+        )
+    if os.path.lexists(target) and not target.is_symlink() and read_report(target) is None:
+        raise InputError(
+            f"{key}={str(path)!r} exists and is not an onnxport validation report; refusing to overwrite it",
+            fix=f"set {key} to another path, or remove the file if it may go",
+        )
+    return target
+
+
+def write_report(data: dict[str, Any], path: str | os.PathLike[str]) -> str:
+    """Write ``data`` as JSON at ``path`` through a temporary file and ``os.replace``."""
+    check_report_target(path)
+    os.replace(stage_report(data, path), path)
+    return os.fspath(path)
+
+
+def stage_report(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    r"""``data`` written and flushed to a temporary file beside ``path``; the caller ``os.replace``\ s it.
+
+    A full disk or a missing permission fails here, before anything is replaced. The temporary
+    name carries this pid, so the next export sweeps it when a kill left it behind.
+    """
+    target = Path(path)
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            prefix=f".{target.name}.pid{os.getpid()}.", suffix=".tmp", dir=target.parent
+        )
+    except OSError as error:
+        raise InputError(
+            f"report {str(path)!r} cannot be written: {error.strerror}", fix="choose a writable report path"
+        ) from None
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise InputError(
+            f"report {str(path)!r} cannot be written: {error.strerror}",
+            fix="free disk space or choose another path",
+        ) from None
+    return Path(temporary)
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
