@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxport.errors import EXIT_BAD_INPUT, ConfigError, InputError, OnnxportError
+from onnxport.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, InputError, OnnxportError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -69,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return command(args[1:])
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's 130; staging folders are already removed
+        print(f"onnxport {args[0]}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except SystemExit as stop:  # argparse and `--help` exit; callers of main() get the status
         return stop.code if isinstance(stop.code, int) else int(stop.code is not None)
     except Exception as error:
@@ -346,6 +349,7 @@ def _inspect_command(args: list[str]) -> int:
 def _validate_command(args: list[str]) -> int:
     import onnxport
     from onnxport.errors import ValidationError
+    from onnxport.report import revalidation_report_path
     from onnxport.stage import compose_config
 
     parser = argparse.ArgumentParser(
@@ -358,7 +362,7 @@ def _validate_command(args: list[str]) -> int:
     parser.add_argument("--config-name", default=DEFAULT_CONFIG_NAME, help="primary config name (config)")
     parser.add_argument(
         "--report",
-        help="where the JSON report goes (default: <FILE stem>.validation.json beside FILE)",
+        help="where the JSON report goes (default: <FILE stem>.revalidation.json beside FILE)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. export.validation.atol=1e-3")
     options = parser.parse_intermixed_args(args)  # FILE, flags and overrides in any order
@@ -375,9 +379,7 @@ def _validate_command(args: list[str]) -> int:
     model = model_from_config(cfg, checkpoint)
     # Not export.validation.report: that is the export stage's DVC metric, and rewriting it
     # would make `dvc repro` run the stage again.
-    report_path = Path(
-        options.report or Path(options.file).with_name(f"{Path(options.file).stem}.validation.json")
-    )
+    report_path = Path(options.report or revalidation_report_path(options.file))
     _make_parent("--report", str(report_path))
     try:
         report = onnxport.validate(options.file, model, None, config=config)

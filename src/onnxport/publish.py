@@ -51,7 +51,7 @@ PROTOBUF_LIMIT = 2**31
 
 
 FAULT_ENV = "ONNXPORT_TEST_KILL_AT"
-"""Test hook: the name of a publish step at which the process SIGKILLs itself (tests/test_faults.py)."""
+"""Test hook: ``<step>[:<signal>]``, a publish step at which the process signals itself (test_faults.py)."""
 PUBLISH_STEPS = ("staged", "validated", "report_staged", "data_placed", "committed", "report_replaced")
 _DATA_NAME = re.compile(r"\.([0-9a-f]{12})\.data$")
 _STAGING_NAME = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp$")
@@ -244,9 +244,13 @@ def terminate_as_exit() -> Iterator[None]:
 
 
 def fault_point(step: str) -> None:
-    """Test hook: SIGKILL this process at ``step`` when ``ONNXPORT_TEST_KILL_AT`` names it."""
-    if os.environ.get(FAULT_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Test hook: at ``step``, signal this process when ``ONNXPORT_TEST_KILL_AT`` names it.
+
+    ``staged`` sends SIGKILL; ``staged:TERM``, ``staged:INT`` or ``staged:STOP`` send that signal.
+    """
+    wanted, _, name = os.environ.get(FAULT_ENV, "").partition(":")
+    if wanted == step:
+        os.kill(os.getpid(), getattr(signal, f"SIG{name or 'KILL'}"))
 
 
 def provenance_metadata(
@@ -319,7 +323,10 @@ def stage_layouts(
     published = checked
     if validating and not external_data:
         published = staging / "inline" / output.name
-        published.parent.mkdir()
+        try:
+            published.parent.mkdir()
+        except OSError as error:
+            raise disk_error(error, staging) from None
         finalize(checked, published, **options, external_data=False)
     fault_point("staged")
     return Layouts(checked, published, external_data)
@@ -625,10 +632,12 @@ def commit(
     file and its report as they were.
     """
     previous = [*data_files(output), Path(f"{output}.data")]
-    staged_report = stage_report(dict(report), report_path) if report is not None and report_path else None
-    fault_point("report_staged")
+    staged_report: Path | None = None
     placed: list[Path] = []
     try:
+        if report is not None and report_path is not None:
+            staged_report = stage_report(dict(report), report_path)
+        fault_point("report_staged")
         for data in layouts.data_files():
             target = output.parent / data.name
             os.replace(data, target)
@@ -649,14 +658,20 @@ def commit(
                 fix="check the output path and its permissions",
             ) from None
         raise
-    fault_point("committed")
-    if staged_report is not None:
-        os.replace(staged_report, report_path)
-    fault_point("report_replaced")
-    for old in previous:
-        if old not in placed:
+    try:
+        fault_point("committed")
+        if staged_report is not None:
+            os.replace(staged_report, report_path)
+            staged_report = None
+        fault_point("report_replaced")
+        for old in previous:
+            if old not in placed:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+    finally:  # SIGTERM after the switch: the new model stands; only the temporary report goes
+        if staged_report is not None:
             with contextlib.suppress(OSError):
-                old.unlink()
+                staged_report.unlink()
 
 
 def keep_rejected(staged: Path, output: Path) -> Path:

@@ -232,6 +232,12 @@ class ValidationReport:
 # -- writing reports -------------------------------------------------------------------------
 
 
+def revalidation_report_path(onnx_path: str | os.PathLike[str]) -> Path:
+    """``onnxport validate``'s default report: ``<stem>.revalidation.json``, never the export's own report."""
+    path = Path(onnx_path)
+    return path.with_name(f"{path.stem}.revalidation.json")
+
+
 def read_report(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The report at ``path`` as a dict, or ``None`` when it is not a regular file under
     :data:`REPORT_SIZE_LIMIT` holding a JSON object with ``passed`` (a FIFO, a device, a
