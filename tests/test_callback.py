@@ -128,12 +128,18 @@ def test_state_dict_round_trip_and_state_key_follow_output():
 
 
 def test_hydra_config_instantiates_the_callback():
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf" / "callbacks"), version_base="1.3"):
-        cfg = compose("onnx_export", overrides=["onnx_export.ckpt_path=best", "onnx_export.config.opset=17"])
-    callback = instantiate(cfg.onnx_export)
+    from onnxport.hydra_config import register_configs
+
+    register_configs()  # the callback config ships in the package, in Hydra's ConfigStore
+    with initialize(version_base="1.3"):
+        cfg = compose(
+            "callbacks/onnx_export",
+            overrides=["callbacks.onnx_export.ckpt_path=best", "callbacks.onnx_export.config.opset=17"],
+        )
+    callback = instantiate(cfg.callbacks.onnx_export)
     assert isinstance(callback, OnnxExportCallback)
     assert (callback.ckpt_path, callback.on_error, callback.output) == ("best", "raise", None)
     assert callback.config.opset == 17
@@ -154,7 +160,7 @@ def test_hydra_callback_can_take_the_whole_export_config_unmixed():
             ],
         )
     callback = instantiate(cfg.callbacks.onnx_export)
-    # Nothing from conf/callbacks/onnx_export.yaml (opset 18, atol 1e-4) overrides what conf/export says.
+    # Nothing from the packaged callback config (opset 18, atol 1e-4) overrides what conf/export says.
     assert (callback.config.opset, callback.config.validation.atol) == (17, 0.01)
     assert callback.config.output_names == ["logits"]
     assert [spec.name for spec in callback.config.inputs] == ["image"]

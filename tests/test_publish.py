@@ -7,8 +7,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -86,27 +84,40 @@ def test_a_read_only_output_directory_is_an_input_error():
         Path(scratch).chmod(0o755)
         locked = Path(scratch) / "locked"
         locked.mkdir(mode=0o555)
-        result = _check_output_unprivileged(locked / "model.onnx")
-    assert result.returncode != 0
-    assert "InputError: output directory" in result.stderr and "is not writable" in result.stderr
+        status, message = _check_output_unprivileged(locked / "model.onnx")
+    assert status == 1, message
+    assert message.startswith("InputError: output directory") and "is not writable" in message
 
 
-def _check_output_unprivileged(output: Path) -> subprocess.CompletedProcess:
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from onnxport.publish import check_output;"
-        "check_output(sys.argv[2])"
-    )
-    # root ignores permission bits, so the check runs as an unprivileged user when we are root
-    become_nobody = (lambda: os.setuid(65534)) if os.geteuid() == 0 else None
-    python = "/usr/bin/python3" if os.geteuid() == 0 else sys.executable
-    return subprocess.run(
-        [python, "-c", code, str(REPO_ROOT / "src"), str(output)],
-        capture_output=True,
-        text=True,
-        preexec_fn=become_nobody,
-        check=False,
-    )
+def _check_output_unprivileged(output: Path) -> tuple[int, str]:
+    """Run ``check_output`` in a forked child that dropped root (root ignores permission bits).
+
+    The child already has onnxport imported, so it works wherever the clone sits (a 0700 home
+    or ``mktemp -d`` folder that the unprivileged user could not import from). Returns the
+    child's status (0 accepted, 1 refused) and the error line it sent back.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        status = 2
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                publish.check_output(output)
+                status = 0
+            except Exception as error:
+                os.write(write_end, f"{type(error).__name__}: {error}".encode())
+                status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    _, wait_status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status), message
 
 
 def test_the_staging_directory_is_removed_whatever_happens(tmp_path):
