@@ -73,7 +73,8 @@ def export(
         output: the ``.onnx`` file to write; its directory must exist.
         config: an ``ExportConfig`` or mapping; ``options`` (``ExportConfig`` fields such
             as ``opset=17`` or ``exporter="torchscript"``) override it.
-        checkpoint_sha256: sha256 of the checkpoint the model came from, recorded in the file.
+        checkpoint_sha256: sha256 of the checkpoint the model came from, recorded in the report
+            (the file records the hash of the weights themselves).
 
     Raises:
         ConfigError, InputError: bad options, model, inputs or output path (nothing written).
@@ -90,7 +91,7 @@ def export(
     from onnxport.exporters import preserved_state, run_exporter
     from onnxport.inputs import prepare_inputs
     from onnxport.load import file_sha256
-    from onnxport.provenance import run_context
+    from onnxport.provenance import run_context, weights_sha256
     from onnxport.unwrap import unwrap
 
     started = time.perf_counter()
@@ -113,7 +114,7 @@ def export(
                 config,
                 exporter=run.exporter,
                 fallback_reason=run.fallback_reason,
-                checkpoint_sha256=checkpoint_sha256,
+                weights_sha256=weights_sha256(model),
             )
             # Validated with the weights beside the graph: onnx.checker then reads the graph alone,
             # where a self-contained file is read and parsed whole (2x the weights in memory).
@@ -146,7 +147,8 @@ def export(
     sha256 = file_sha256(output_path)
     if report is not None:
         report.onnx_path = str(output_path)
-        report.run = {**report.run, **context, "onnx_sha256": sha256}  # the published bytes
+        # the published bytes; the checkpoint file's own hash differs per clone, so it stays out of the file
+        report.run = {**report.run, **context, "onnx_sha256": sha256, "checkpoint_sha256": checkpoint_sha256}
         report.write_json(report_path)
     size = output_path.stat().st_size
     if run.external_data:
