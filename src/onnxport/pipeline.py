@@ -92,6 +92,7 @@ def export(
     from onnxport.inputs import prepare_inputs
     from onnxport.load import file_sha256
     from onnxport.provenance import run_context, weights_sha256
+    from onnxport.results import case_latency, write_results
     from onnxport.unwrap import unwrap
 
     started = time.perf_counter()
@@ -141,6 +142,7 @@ def export(
             report = None
             if validating:
                 report = _validate(checked, published, model, inputs, config, output_path)
+                report.case_latency = case_latency(checked, model, inputs, report, config.validation)
             publish.move_into_place(published, output_path, external_data=run.external_data)
 
     context = run_context(output_path.parent)
@@ -150,6 +152,7 @@ def export(
         # the published bytes; the checkpoint file's own hash differs per clone, so it stays out of the file
         report.run = {**report.run, **context, "onnx_sha256": sha256, "checkpoint_sha256": checkpoint_sha256}
         report.write_json(report_path)
+        write_results(report, config.validation)  # DVC metrics and plots, if asked for
     size = output_path.stat().st_size
     if run.external_data:
         size += Path(f"{output_path}.data").stat().st_size

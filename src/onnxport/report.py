@@ -33,6 +33,8 @@ class OutputCheck:
     inf_ort: int = 0
     error: Optional[str] = None
     """Why the output could not be compared (e.g. shapes differ), ``None`` when it was."""
+    tolerance_use: float = 0.0
+    """``max(|ort - torch| / (atol + rtol*|torch|))``: 1.0 is at the limit, above it fails."""
 
     @property
     def non_finite(self) -> bool:
@@ -64,6 +66,7 @@ class OutputCheck:
             "max_abs_diff": self.max_abs_diff,
             "max_rel_diff": self.max_rel_diff,
             "mismatch_pct": self.mismatch_pct,
+            "tolerance_use": self.tolerance_use,
             "nan": self.nan_torch + self.nan_ort,
             "inf": self.inf_torch + self.inf_ort,
         }
@@ -106,6 +109,8 @@ class ValidationReport:
     """With ``validation.localize``: the first operator whose output diverges, as a phrase."""
     run: dict[str, Any] = field(default_factory=dict)
     """Run context (git commit and dirty flag, host, time); kept out of the model file."""
+    case_latency: list[dict[str, Any]] = field(default_factory=list)
+    """Median milliseconds per case: ``{"case", <axis sizes>, "torch_ms", "onnxruntime_ms"}``."""
 
     @property
     def passed(self) -> bool:
@@ -140,6 +145,7 @@ class ValidationReport:
             "max_abs_diff": max((o.max_abs_diff for o in checks), default=0.0),
             "max_rel_diff": max((o.max_rel_diff for o in checks), default=0.0),
             "mismatch_pct": max((o.mismatch_pct for o in checks), default=0.0),
+            "tolerance_use": max((o.tolerance_use for o in checks), default=0.0),
         }
         if self.torch_latency_ms is not None:
             metrics["torch_latency_ms"] = self.torch_latency_ms
@@ -151,8 +157,58 @@ class ValidationReport:
                 outputs.setdefault(output.name, {})[case.label] = output.metrics()
         metrics["outputs"] = outputs
         metrics["tolerances"] = {"atol": self.atol, "rtol": self.rtol, **self.per_output}
+        if self.case_latency:
+            metrics["latency"] = [dict(row) for row in self.case_latency]
         metrics["run"] = dict(self.run)
         return metrics
+
+    def metrics(self) -> dict[str, Any]:
+        """The few numbers a DVC metrics file holds, stable from run to run.
+
+        Diffs are scaled so DVC's default 5 decimals show them (1.19e-07 would print as 0.0):
+        ``max_abs_diff_e6`` is the worst absolute difference times 1e6, ``max_rel_diff_ppm`` the
+        worst relative one in parts per million. ``tolerance_use`` (1.0 = at the limit) is the
+        one to watch; with several outputs each has its own under ``tolerance_use_by_output``.
+        Latency (noise between runs) and run context stay out: see :meth:`plots` and :meth:`to_dict`.
+        """
+        checks = [output for case in self.cases for output in case.outputs]
+        metrics: dict[str, Any] = {
+            "passed": int(self.passed),
+            "tolerance_use": _readable(max((o.tolerance_use for o in checks), default=0.0)),
+            "max_abs_diff_e6": _readable(1e6 * max((o.max_abs_diff for o in checks), default=0.0)),
+            "max_rel_diff_ppm": _readable(1e6 * max((o.max_rel_diff for o in checks), default=0.0)),
+        }
+        names = list(dict.fromkeys(o.name for o in checks))
+        if len(names) > 1:
+            metrics["tolerance_use_by_output"] = {
+                name: _readable(max(o.tolerance_use for o in checks if o.name == name)) for name in names
+            }
+        return metrics
+
+    def plots(self) -> dict[str, list[dict[str, Any]]]:
+        """DVC plot data: ``parity`` (one row per case and output) and ``latency`` (one row per case).
+
+        Parity rows hold the worst differences and ``tolerance_use`` (1.0 = at the tolerance);
+        ``label`` names the case, prefixed by the output when there are several. Latency rows
+        (from :attr:`case_latency`) hold each dynamic axis' size, ``torch_ms`` and ``onnxruntime_ms``.
+        """
+        several = len({o.name for case in self.cases for o in case.outputs}) > 1
+        parity = [
+            {
+                "label": f"{o.name} {case.label}" if several else case.label,
+                "case": case.label,
+                "output": o.name,
+                **case.sizes,
+                "tolerance_use": o.tolerance_use,
+                "max_abs_diff": o.max_abs_diff,
+                "max_rel_diff": o.max_rel_diff,
+                "atol": o.atol,
+                "rtol": o.rtol,
+            }
+            for case in self.cases
+            for o in case.outputs
+        ]
+        return {"parity": parity, "latency": [dict(row) for row in self.case_latency]}
 
     def write_json(self, path: str | os.PathLike[str]) -> str:
         """Write :meth:`to_dict` as JSON (a DVC metrics file); returns the path written."""
@@ -209,3 +265,8 @@ class ValidationReport:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _readable(value: float) -> float:
+    """Five significant digits: what ``dvc metrics show`` can print, without float noise."""
+    return float(f"{value:.5g}")
