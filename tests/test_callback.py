@@ -328,6 +328,7 @@ def test_best_and_last_checkpoints_export_their_weights_and_leave_the_module_alo
     import onnx
 
     from onnxport.hashing import file_sha256
+    from onnxport.provenance import weights_sha256
 
     module = Regressor(lr=0.5)
     checkpoint = ModelCheckpoint(tmp_path / "best", monitor="score", mode="min")
@@ -351,10 +352,12 @@ def test_best_and_last_checkpoints_export_their_weights_and_leave_the_module_alo
     assert onnx_matches(tmp_path / "best.onnx", best_module, PROBE)
     assert not onnx_matches(tmp_path / "best.onnx", last_module, PROBE)
     assert onnx_matches(tmp_path / "last.onnx", last_module, PROBE)
-    # Each file names the checkpoint its weights came from.
+    # Each file names the weights it holds; its report names the checkpoint they came from.
     for onnx_file, ckpt in (("best.onnx", checkpoint.best_model_path), ("last.onnx", latest.last_model_path)):
         props = {p.key: p.value for p in onnx.load(tmp_path / onnx_file).metadata_props}
-        assert props["onnxport.checkpoint_sha256"] == file_sha256(ckpt)
+        assert props["onnxport.weights_sha256"] == weights_sha256(torch.load(ckpt, weights_only=True))
+        report = json.loads((tmp_path / onnx_file).with_suffix(".validation.json").read_text())
+        assert report["run"]["checkpoint_sha256"] == file_sha256(ckpt)
 
 
 @pytest.mark.parametrize(

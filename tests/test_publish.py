@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -36,7 +37,7 @@ def raw_dynamo(tmp_path_factory) -> Path:
 
 
 def metadata_for(config: ExportConfig, **overrides) -> dict[str, str]:
-    options = {"exporter": "dynamo", "fallback_reason": None, "checkpoint_sha256": None, **overrides}
+    options = {"exporter": "dynamo", "fallback_reason": None, "weights_sha256": None, **overrides}
     return publish.provenance_metadata(config, **options)
 
 
@@ -153,7 +154,7 @@ def test_the_raw_dynamo_file_carries_stack_traces_that_finalize_removes(raw_dyna
 def test_provenance_metadata_is_in_the_file(raw_dynamo, tmp_path):
     config = ExportConfig.coerce(None, model_version=7, metadata={"dataset": "digits", "owner": "ml"})
     staged = tmp_path / "model.onnx"
-    finalize(raw_dynamo, staged, config, fallback_reason="dynamo failed: X", checkpoint_sha256="ab" * 32)
+    finalize(raw_dynamo, staged, config, fallback_reason="dynamo failed: X", weights_sha256="ab" * 32)
     model = onnx.load(str(staged))
     props = {p.key: p.value for p in model.metadata_props}
 
@@ -161,13 +162,16 @@ def test_provenance_metadata_is_in_the_file(raw_dynamo, tmp_path):
     assert all(key.startswith("onnxport.") for key in props)
     assert props["onnxport.version"] == "0.1.0"
     assert props["onnxport.schema_version"] == "1"
-    assert ExportConfig.from_dict(json.loads(props["onnxport.config"])) == config
-    assert props["onnxport.config_sha256"] == config.sha256()
+    # The settings that shape the graph and weights; validation settings live in the report.
+    shaping = json.loads(props["onnxport.config"])
+    assert "validation" not in shaping
+    assert ExportConfig.from_dict(shaping) == config.replace(validation=ExportConfig().validation.__dict__)
+    assert props["onnxport.config_sha256"] == hashlib.sha256(props["onnxport.config"].encode()).hexdigest()
     assert props["onnxport.torch_version"] == torch.__version__
     assert props["onnxport.onnx_version"] == onnx.__version__
     assert props["onnxport.exporter"] == "dynamo"
     assert props["onnxport.fallback_reason"] == "dynamo failed: X"
-    assert props["onnxport.checkpoint_sha256"] == "ab" * 32
+    assert props["onnxport.weights_sha256"] == "ab" * 32
     assert props["onnxport.validation_enabled"] == "true"
     assert props["onnxport.user.dataset"] == "digits" and props["onnxport.user.owner"] == "ml"
 
