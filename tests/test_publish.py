@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -38,7 +37,7 @@ def raw_dynamo(tmp_path_factory) -> Path:
 
 
 def metadata_for(config: ExportConfig, **overrides) -> dict[str, str]:
-    options = {"exporter": "dynamo", "fallback_reason": None, "checkpoint_sha256": None, **overrides}
+    options = {"exporter": "dynamo", "fallback_reason": None, "weights_sha256": None, **overrides}
     return publish.provenance_metadata(config, **options)
 
 
@@ -86,27 +85,40 @@ def test_a_read_only_output_directory_is_an_input_error():
         Path(scratch).chmod(0o755)
         locked = Path(scratch) / "locked"
         locked.mkdir(mode=0o555)
-        result = _check_output_unprivileged(locked / "model.onnx")
-    assert result.returncode != 0
-    assert "InputError: output directory" in result.stderr and "is not writable" in result.stderr
+        status, message = _check_output_unprivileged(locked / "model.onnx")
+    assert status == 1, message
+    assert message.startswith("InputError: output directory") and "is not writable" in message
 
 
-def _check_output_unprivileged(output: Path) -> subprocess.CompletedProcess:
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from onnxport.publish import check_output;"
-        "check_output(sys.argv[2])"
-    )
-    # root ignores permission bits, so the check runs as an unprivileged user when we are root
-    become_nobody = (lambda: os.setuid(65534)) if os.geteuid() == 0 else None
-    python = "/usr/bin/python3" if os.geteuid() == 0 else sys.executable
-    return subprocess.run(
-        [python, "-c", code, str(REPO_ROOT / "src"), str(output)],
-        capture_output=True,
-        text=True,
-        preexec_fn=become_nobody,
-        check=False,
-    )
+def _check_output_unprivileged(output: Path) -> tuple[int, str]:
+    """Run ``check_output`` in a forked child that dropped root (root ignores permission bits).
+
+    The child already has onnxport imported, so it works wherever the clone sits (a 0700 home
+    or ``mktemp -d`` folder that the unprivileged user could not import from). Returns the
+    child's status (0 accepted, 1 refused) and the error line it sent back.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        status = 2
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                publish.check_output(output)
+                status = 0
+            except Exception as error:
+                os.write(write_end, f"{type(error).__name__}: {error}".encode())
+                status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    _, wait_status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status), message
 
 
 def test_the_staging_directory_is_removed_whatever_happens(tmp_path):
@@ -142,7 +154,7 @@ def test_the_raw_dynamo_file_carries_stack_traces_that_finalize_removes(raw_dyna
 def test_provenance_metadata_is_in_the_file(raw_dynamo, tmp_path):
     config = ExportConfig.coerce(None, model_version=7, metadata={"dataset": "digits", "owner": "ml"})
     staged = tmp_path / "model.onnx"
-    finalize(raw_dynamo, staged, config, fallback_reason="dynamo failed: X", checkpoint_sha256="ab" * 32)
+    finalize(raw_dynamo, staged, config, fallback_reason="dynamo failed: X", weights_sha256="ab" * 32)
     model = onnx.load(str(staged))
     props = {p.key: p.value for p in model.metadata_props}
 
@@ -150,13 +162,18 @@ def test_provenance_metadata_is_in_the_file(raw_dynamo, tmp_path):
     assert all(key.startswith("onnxport.") for key in props)
     assert props["onnxport.version"] == "0.1.0"
     assert props["onnxport.schema_version"] == "1"
-    assert ExportConfig.from_dict(json.loads(props["onnxport.config"])) == config
-    assert props["onnxport.config_sha256"] == config.sha256()
+    # The settings that shape the graph and weights; validation settings live in the report.
+    shaping = json.loads(props["onnxport.config"])
+    assert "validation" not in shaping
+    assert ExportConfig.from_dict(shaping) == ExportConfig.coerce(
+        config, validation=ExportConfig().validation.__dict__
+    )
+    assert props["onnxport.config_sha256"] == hashlib.sha256(props["onnxport.config"].encode()).hexdigest()
     assert props["onnxport.torch_version"] == torch.__version__
     assert props["onnxport.onnx_version"] == onnx.__version__
     assert props["onnxport.exporter"] == "dynamo"
     assert props["onnxport.fallback_reason"] == "dynamo failed: X"
-    assert props["onnxport.checkpoint_sha256"] == "ab" * 32
+    assert props["onnxport.weights_sha256"] == "ab" * 32
     assert props["onnxport.validation_enabled"] == "true"
     assert props["onnxport.user.dataset"] == "digits" and props["onnxport.user.owner"] == "ml"
 

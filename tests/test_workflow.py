@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ from conftest import REPO_ROOT, Mysterious, TinyCNN, TinyMLP, run_onnx
 from onnxport import publish
 from onnxport.errors import ConfigError, InputError, UnsupportedOperatorError, ValidationError
 from onnxport.hashing import file_sha256
+from onnxport.provenance import weights_sha256
 
 
 class FixedBatch(nn.Module):
@@ -114,7 +116,11 @@ def test_run_context_goes_to_the_result_and_report_never_into_the_file(cnn_expor
     metadata = props(result.path)
     assert not {"onnxport.git_commit", "onnxport.host", "onnxport.time"} & set(metadata)
     assert metadata["onnxport.exporter"] == "dynamo"
-    assert metadata["onnxport.config_sha256"] == result.config.sha256()
+    # The export settings that shape the file (validation settings go to the report only).
+    assert (
+        metadata["onnxport.config_sha256"] == hashlib.sha256(metadata["onnxport.config"].encode()).hexdigest()
+    )
+    assert json.loads(metadata["onnxport.config"])["opset"] == result.config.opset
 
 
 # -- options as keywords, other model kinds -------------------------------------------------
@@ -169,7 +175,10 @@ def test_provenance_includes_the_checkpoint_hash_and_git_state(git_repo, mlp, ml
     )
     assert result.run_context["git_commit"] == head.strip()
     assert result.run_context["git_dirty"] is False  # untracked outputs do not make it dirty
-    assert props(result.path)["onnxport.checkpoint_sha256"] == "c0ffee" * 10
+    # The checkpoint file's hash goes to the report; the file names the weights' own hash.
+    assert "onnxport.checkpoint_sha256" not in props(result.path)
+    assert json.loads(result.report_path.read_text())["run"]["checkpoint_sha256"] == "c0ffee" * 10
+    assert props(result.path)["onnxport.weights_sha256"] == weights_sha256(mlp)
 
 
 # -- bad input: a clear error and nothing written -------------------------------------------

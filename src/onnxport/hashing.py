@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable
+from typing import BinaryIO
 
 PathLike = str | os.PathLike
 
@@ -29,10 +30,20 @@ def artifact_sha256(
     return _digest([header, *data_files], chunk_size).hexdigest()
 
 
+def stream_sha256(handle: BinaryIO, *, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of what is left in an open binary file (local, or fsspec's remote files)."""
+    return _update(hashlib.sha256(), handle, chunk_size).hexdigest()
+
+
 def _digest(paths: Iterable[PathLike], chunk_size: int) -> hashlib._Hash:
     digest = hashlib.sha256()
     for path in paths:
         with open(path, "rb") as handle:
-            while chunk := handle.read(chunk_size):
-                digest.update(chunk)
+            _update(digest, handle, chunk_size)
+    return digest
+
+
+def _update(digest: hashlib._Hash, handle: BinaryIO, chunk_size: int) -> hashlib._Hash:
+    while chunk := handle.read(chunk_size):
+        digest.update(chunk)
     return digest

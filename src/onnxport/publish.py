@@ -258,24 +258,36 @@ def provenance_metadata(
     *,
     exporter: str,
     fallback_reason: str | None,
-    checkpoint_sha256: str | None,
+    weights_sha256: str | None,
 ) -> dict[str, str]:
-    """The ``metadata_props`` of the published file (nothing run-specific)."""
+    """The ``metadata_props`` of the published file: only what shaped its graph and weights.
+
+    The export settings without ``validation`` (tolerances, report path, timing and sizes
+    decide whether the file is published, not its bytes), the tool versions, the weights'
+    own hash (``provenance.weights_sha256``) and whether it was validated. The checkpoint
+    file's sha256 and the validation results go to the report, so changing only them keeps
+    the file byte-identical and a DVC stage downstream of it does not re-run.
+    """
+    import hashlib
+    import json
+
     from onnxport.config import SCHEMA_VERSION
     from onnxport.provenance import tool_versions
 
     versions = tool_versions()
+    shaping = {key: value for key, value in config.to_dict().items() if key != "validation"}
+    config_json = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
     props = {
         "version": versions["onnxport"],
         "schema_version": str(SCHEMA_VERSION),
-        "config": config.to_json(),
-        "config_sha256": config.sha256(),
+        "config": config_json,
+        "config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
         "torch_version": versions["torch"],
         "onnx_version": versions["onnx"],
         "onnxscript_version": versions["onnxscript"],
         "exporter": exporter,
         "fallback_reason": fallback_reason or "",
-        "checkpoint_sha256": checkpoint_sha256 or "",
+        "weights_sha256": weights_sha256 or "",
         "validation_enabled": "true" if config.validation.enabled else "false",
     }
     props = {METADATA_PREFIX + key: value for key, value in props.items()}

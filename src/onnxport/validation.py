@@ -55,6 +55,9 @@ __all__ = ["ValidationReport", "validate"]
 
 logger = logging.getLogger(__name__)
 
+# Seconds of timed calls per case and runtime (torch, ORT) beyond the parity call itself.
+LATENCY_BUDGET_S = 0.25
+
 
 def validate(
     onnx_path: str | os.PathLike[str],
@@ -132,8 +135,8 @@ def run_validation(
         else:
             cases += _generated_cases(example, axes, settings)
         tolerances = {name: _tolerance(settings, name) for name in graph_outputs}  # (atol, rtol, allow)
-        results = [_run_case(case, model, session, graph_outputs, tolerances) for case in cases]
-        torch_ms, ort_ms = _latency(model, example, session, settings.latency_runs)
+        runs = settings.latency_runs
+        results = [_run_case(case, model, session, graph_outputs, tolerances, runs) for case in cases]
         divergence = _localize(path, model, cases, results, settings) if settings.localize else None
 
     report = ValidationReport(
@@ -146,8 +149,8 @@ def run_validation(
             for name, (atol, rtol, allow) in tolerances.items()
             if (atol, rtol, allow) != (settings.atol, settings.rtol, False)
         },
-        torch_latency_ms=torch_ms,
-        ort_latency_ms=ort_ms,
+        torch_latency_ms=results[0].torch_ms,  # the export shape
+        ort_latency_ms=results[0].ort_ms,
         first_divergence=divergence,
         # The file's hash ties the report to the exact bytes it vouches for (`onnxport inspect`).
         run={**run_context(), "onnx_sha256": artifact_sha256(path, data_files(path))},
@@ -196,8 +199,13 @@ def open_session(path: Path) -> onnxruntime.InferenceSession:
     import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
+    options = ort.SessionOptions()
+    # Prepacking copies every MatMul/Gemm weight into a second, packed buffer up front: a full
+    # extra copy of the weights and seconds of start-up for a large model. Without it ONNX Runtime
+    # maps the external data file and runs the same operators on the unpacked weights.
+    options.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
         if isinstance(error, ort_errors.NotImplemented) and _uses_bfloat16(path):
             raise SessionError(
@@ -371,16 +379,19 @@ def _run_case(
     model: Any,
     session: onnxruntime.InferenceSession,
     output_names: list[str],
-    tolerances: dict[str, tuple[float, float]],
+    tolerances: dict[str, tuple[float, float, bool]],
+    latency_runs: int,
 ) -> CaseResult:
     result = CaseResult(case.label, case.sizes)
+    feed = case.inputs.feed()
     try:
-        expected = _flat_outputs(case.inputs.call(model))
+        expected, result.torch_ms = _timed(lambda: case.inputs.call(model), latency_runs)
+        expected = _flat_outputs(expected)
     except Exception as error:  # the model itself cannot run at this size
         result.error = f"torch raised {type(error).__name__}: {one_line(error)}"
         return result
     try:
-        actual = session.run(None, case.inputs.feed())
+        actual, result.ort_ms = _timed(lambda: session.run(None, feed), latency_runs)
     except Exception as error:  # e.g. a Reshape that baked in the export size
         result.error = f"onnxruntime raised {one_line(error)}"
         return result
@@ -420,24 +431,28 @@ def _tolerance(settings: ValidationConfig, name: str) -> tuple[float, float, boo
     )
 
 
-def _latency(
-    model: Any, example: ModelInputs, session: onnxruntime.InferenceSession, runs: int
-) -> tuple[Optional[float], Optional[float]]:
-    """Median milliseconds over ``runs`` calls at the export shape, after one warm-up call."""
+def _timed(function: Any, runs: int) -> tuple[Any, Optional[float]]:
+    """The parity call's result, and its median milliseconds over up to ``runs`` calls.
+
+    The parity call itself is the warm-up. Timing stops once it has taken
+    :data:`LATENCY_BUDGET_S` (a large model gets one timed call, not ``runs``), so latency
+    never dominates validation; ``runs`` 0 times nothing.
+    """
+    start = time.perf_counter()
+    value = function()
+    first = time.perf_counter() - start
     if runs <= 0:
-        return None, None
-    feed = example.feed()
-    return _median_ms(lambda: example.call(model), runs), _median_ms(lambda: session.run(None, feed), runs)
-
-
-def _median_ms(function: Any, runs: int) -> float:
-    function()
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        function()
-        timings.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(timings)
+        return value, None
+    timings = [first]
+    if first < LATENCY_BUDGET_S:
+        timings = []
+        spent = first
+        while len(timings) < runs and spent < LATENCY_BUDGET_S:
+            start = time.perf_counter()
+            function()
+            timings.append(time.perf_counter() - start)
+            spent += timings[-1]
+    return value, 1000.0 * statistics.median(timings)
 
 
 # -- context ----------------------------------------------------------------------------------

@@ -106,7 +106,8 @@ def export(
         output: the ``.onnx`` file to write; a missing directory is created.
         config: an ``ExportConfig`` or mapping; ``options`` (``ExportConfig`` fields such
             as ``opset=17`` or ``exporter="torchscript"``) override it.
-        checkpoint_sha256: sha256 of the checkpoint the model came from, recorded in the file.
+        checkpoint_sha256: sha256 of the checkpoint the model came from, recorded in the report
+            (the file records the hash of the weights themselves, the same from any checkout).
 
     Raises:
         ConfigError, InputError: bad options, model, inputs, output or report path (nothing written).
@@ -122,7 +123,8 @@ def export(
     """
     from onnxport import publish
     from onnxport.model_state import preserved_state
-    from onnxport.provenance import run_context
+    from onnxport.provenance import run_context, weights_sha256
+    from onnxport.report import write_results
     from onnxport.unwrap import unwrap
     from onnxport.validation import check_tolerances
 
@@ -136,13 +138,16 @@ def export(
     with preserved_state(model), publish.staging_dir(output, report_path.parent) as staging:
         inputs = _prepare_inputs(model, example_inputs, config)
         run, raw = _export(model, inputs, staging, config)
-        layouts = _stage_layouts(raw, output, staging, run, config, checkpoint_sha256)
+        layouts = _stage_layouts(raw, output, staging, run, config, weights_sha256(model))
         validation = _validate(layouts, model, inputs, config, output)
         sha256 = layouts.sha256()  # from the staged bytes: nothing can swap them after the rename
-        context = run_context(output.parent)
+        # The checkpoint file's hash differs per clone (Lightning stores its dirpath): report only.
+        context = {**run_context(output.parent), "checkpoint_sha256": checkpoint_sha256}
         publish.commit(
             layouts, output, report=_report(validation, output, sha256, context), report_path=report_path
         )
+    if validation is not None:
+        write_results(validation, config.validation)  # DVC metrics and plots, when asked for
     return _result(run, output, sha256, config, validation, report_path, context, started)
 
 
@@ -168,7 +173,7 @@ def _stage_layouts(
     staging: Path,
     run: ExporterRun,
     config: ExportConfig,
-    checkpoint_sha256: str | None,
+    weights_sha256: str,
 ) -> Layouts:
     from onnxport import publish
 
@@ -176,7 +181,7 @@ def _stage_layouts(
         config,
         exporter=run.exporter,
         fallback_reason=run.fallback_reason,
-        checkpoint_sha256=checkpoint_sha256,
+        weights_sha256=weights_sha256,
     )
     return publish.stage_layouts(
         raw,
