@@ -120,6 +120,21 @@ def test_2_5_a_report_path_that_would_destroy_something_is_refused_first(out, pr
     assert hidden(out.parent) == []
 
 
+@pytest.mark.parametrize("key", ["metrics", "plots"])
+def test_2_the_dvc_metrics_and_plots_paths_are_refused_first_too(out, previous, key):
+    torch.save(TinyMLP().state_dict(), out.parent / "weights.pt")
+    before = snapshot(out.parent)
+    target = {"metrics": out, "plots": out.parent / "weights.pt"}[key]
+    if key == "plots":  # a plots folder whose parity.json is a checkpoint
+        (out.parent / "plots").mkdir()
+        shutil.copy2(target, out.parent / "plots" / "parity.json")
+        target = out.parent / "plots"
+    with pytest.raises(InputError, match=f"export.validation.{key}=") as error:
+        export_mlp(out, seed=1, validation={key: str(target)})
+    assert error.value.exit_code == 2
+    assert snapshot(out.parent) == before
+
+
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
 def test_5_non_finite_tolerances_are_refused_before_exporting(out, previous, value):
     with pytest.raises(ConfigError, match="is not a finite number"):
@@ -353,12 +368,14 @@ def test_9_all_inf_outputs_fail_validation_unless_allowed(out, previous):
 # -- 10: reports that vouch for the wrong file ---------------------------------------------------
 
 
-def test_10_disabled_validation_replaces_a_passed_report(out):
-    report = out.with_name("model.validation.json")
-    assert json.loads(report.read_text())["passed"] == 1
-    result = export_mlp(out, seed=1, validation={"enabled": False})
+def test_10_disabled_validation_replaces_a_passed_report_and_metrics(out):
+    report, metrics = out.with_name("model.validation.json"), out.with_name("metrics.json")
+    export_mlp(out, seed=0, validation={"metrics": str(metrics)})
+    assert json.loads(report.read_text())["passed"] == 1 and json.loads(metrics.read_text())["passed"] == 1
+    result = export_mlp(out, seed=1, validation={"enabled": False, "metrics": str(metrics)})
     data = json.loads(report.read_text())
     assert data["passed"] == 0 and data["validated"] == 0 and data["run"]["onnx_sha256"] == result.sha256
+    assert json.loads(metrics.read_text()) == {"passed": 0, "validated": 0}
     assert "not validated" in format_report(inspect_model(out))
 
 

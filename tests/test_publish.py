@@ -243,7 +243,7 @@ def test_the_previous_data_file_goes_only_after_the_header_switched(raw_dynamo, 
 
 
 def test_a_rejected_file_is_kept_beside_the_output(tmp_path):
-    staged = tmp_path / "stage.onnx"
+    staged = tmp_path / "staged.onnx"
     staged.write_bytes(b"rejected")
     rejected = publish.keep_rejected(staged, tmp_path / "model.onnx")
     assert rejected == tmp_path / "model.rejected.onnx" and rejected.read_bytes() == b"rejected"
