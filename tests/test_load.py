@@ -552,3 +552,34 @@ def test_file_sha256_streams_and_matches_hashlib(tmp_path):
     path.write_bytes(data)
     assert file_sha256(path, chunk_size=4096) == hashlib.sha256(data).hexdigest()
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+# ---- the same refusal through the CLI's doors (in-process main) ----
+
+PAYLOAD_PROJECT = """\
+model:
+  _target_: conftest.TinyMLP
+checkpoint: evil.ckpt
+output: model.onnx
+export:
+  inputs: [{name: x, shape: [2, 4]}]
+"""
+
+
+@pytest.mark.parametrize("command", ["export", "validate"])
+def test_a_payload_checkpoint_never_runs_through_the_cli(tmp_path, monkeypatch, capsys, command):
+    from onnxport.cli import main
+
+    marker = tmp_path / "PAYLOAD_RAN"
+    _payload_checkpoint(tmp_path, Payload(os.system, f"touch {marker}"))
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(PAYLOAD_PROJECT)
+    (tmp_path / "model.onnx").write_bytes(b"")  # validate loads the checkpoint before reading it
+    monkeypatch.chdir(tmp_path)
+
+    args = ["--config-dir", "conf"] if command == "export" else ["model.onnx", "--config-dir", "conf"]
+    assert main([command, *args]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"onnxport {command}: error: checkpoint evil.ckpt is refused")
+    assert len(error.splitlines()) == 1 and "\x1b" not in error and "posix.system" in error
+    assert not marker.exists() and not (tmp_path / "model.onnx").stat().st_size
