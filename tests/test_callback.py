@@ -128,12 +128,18 @@ def test_state_dict_round_trip_and_state_key_follow_output():
 
 
 def test_hydra_config_instantiates_the_callback():
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf" / "callbacks"), version_base="1.3"):
-        cfg = compose("onnx_export", overrides=["onnx_export.ckpt_path=best", "onnx_export.config.opset=17"])
-    callback = instantiate(cfg.onnx_export)
+    from onnxport.hydra_config import register_configs
+
+    register_configs()  # the callback config ships in the package, in Hydra's ConfigStore
+    with initialize(version_base="1.3"):
+        cfg = compose(
+            "callbacks/onnx_export",
+            overrides=["callbacks.onnx_export.ckpt_path=best", "callbacks.onnx_export.config.opset=17"],
+        )
+    callback = instantiate(cfg.callbacks.onnx_export)
     assert isinstance(callback, OnnxExportCallback)
     assert (callback.ckpt_path, callback.on_error, callback.output) == ("best", "raise", None)
     assert callback.config.opset == 17
@@ -154,7 +160,7 @@ def test_hydra_callback_can_take_the_whole_export_config_unmixed():
             ],
         )
     callback = instantiate(cfg.callbacks.onnx_export)
-    # Nothing from conf/callbacks/onnx_export.yaml (opset 18, atol 1e-4) overrides what conf/export says.
+    # Nothing from the packaged callback config (opset 18, atol 1e-4) overrides what conf/export says.
     assert (callback.config.opset, callback.config.validation.atol) == (17, 0.01)
     assert callback.config.output_names == ["logits"]
     assert [spec.name for spec in callback.config.inputs] == ["image"]
@@ -321,7 +327,8 @@ def test_failed_export_warns_or_raises_and_never_writes_the_output(tmp_path):
 def test_best_and_last_checkpoints_export_their_weights_and_leave_the_module_alone(tmp_path):
     import onnx
 
-    from onnxport.load import file_sha256
+    from onnxport.hashing import file_sha256
+    from onnxport.provenance import weights_sha256
 
     module = Regressor(lr=0.5)
     checkpoint = ModelCheckpoint(tmp_path / "best", monitor="score", mode="min")
@@ -345,10 +352,12 @@ def test_best_and_last_checkpoints_export_their_weights_and_leave_the_module_alo
     assert onnx_matches(tmp_path / "best.onnx", best_module, PROBE)
     assert not onnx_matches(tmp_path / "best.onnx", last_module, PROBE)
     assert onnx_matches(tmp_path / "last.onnx", last_module, PROBE)
-    # Each file names the checkpoint its weights came from.
+    # Each file names the weights it holds; its report names the checkpoint they came from.
     for onnx_file, ckpt in (("best.onnx", checkpoint.best_model_path), ("last.onnx", latest.last_model_path)):
         props = {p.key: p.value for p in onnx.load(tmp_path / onnx_file).metadata_props}
-        assert props["onnxport.checkpoint_sha256"] == file_sha256(ckpt)
+        assert props["onnxport.weights_sha256"] == weights_sha256(torch.load(ckpt, weights_only=True))
+        report = json.loads((tmp_path / onnx_file).with_suffix(".validation.json").read_text())
+        assert report["run"]["checkpoint_sha256"] == file_sha256(ckpt)
 
 
 @pytest.mark.parametrize(

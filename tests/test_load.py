@@ -18,7 +18,8 @@ from torch import nn
 
 from conftest import TinyMLP
 from onnxport.errors import CheckpointError, ConfigError, InputError
-from onnxport.load import file_sha256, load_model, read_state_dict
+from onnxport.hashing import file_sha256
+from onnxport.load import load_model, read_state_dict
 
 # TorchScript is deprecated upstream but still what users have on disk.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")

@@ -16,7 +16,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from onnxport.cli import model_from_config
+from onnxport.hydra_config import model_from_config
 from pipelines.config import compose
 from pipelines.evaluate import evaluate
 from pipelines.model import DigitsCNN
@@ -35,7 +35,7 @@ def tmp_config(root: Path, *overrides: str):
             f"paths.data_dir={root}/data",
             f"paths.checkpoint_dir={root}/checkpoints",
             f"paths.model={root}/models/model.onnx",
-            f"paths.validation_report={root}/metrics/validation.json",
+            f"paths.validation_report={root}/models/model.validation.json",
             f"paths.accuracy={root}/metrics/accuracy.json",
             f"paths.latency_plot={root}/plots/latency.json",
             "trainer.max_epochs=2",
@@ -66,7 +66,10 @@ def test_paths_are_defined_once_and_interpolated_everywhere():
     cfg = compose(config_dir=CONF)
     assert cfg.checkpoint == cfg.paths.checkpoint == "checkpoints/best.ckpt"
     assert cfg.output == cfg.paths.model == "models/model.onnx"
-    assert cfg.export.validation.report == cfg.paths.validation_report
+    # The default report place: the callback (config: ${export}) cannot clobber it.
+    assert (
+        cfg.export.validation.report is None and cfg.paths.validation_report == "models/model.validation.json"
+    )
     assert cfg.data.dir == cfg.paths.data_dir
     saver = cfg.callbacks.model_checkpoint
     assert f"{saver.dirpath}/{saver.filename}.ckpt" == cfg.paths.checkpoint
@@ -96,8 +99,13 @@ def test_dvc_yaml_declares_the_stages_metrics_and_model_artifact():
     assert stages["export"]["cmd"] == "onnxport export --config-dir conf"
     assert "conf/export" in stages["export"]["deps"]
     assert "export" in stages["export"]["params"]
-    for stage, metric in (("export", "${paths.validation_report}"), ("evaluate", "${paths.accuracy}")):
-        assert stages[stage]["metrics"] == [{metric: {"cache": False}}]
+    assert stages["evaluate"]["metrics"] == [{"${paths.accuracy}": {"cache": False}}]
+    # The export stage keeps its previous results when it fails: DVC would delete its outs first.
+    assert stages["export"]["metrics"] == [{"${paths.validation_metrics}": {"cache": False, "persist": True}}]
+    assert {"${paths.model_dir}": {"persist": True}} in stages["export"]["outs"]
+    assert "${paths.model}" in stages["evaluate"]["deps"]  # the file inside the export stage's out
+    plots = {name: spec for entry in dvc_yaml["plots"] for name, spec in entry.items()}
+    assert {"parity", "validation-latency", "latency"} <= set(plots)
     artifact = dvc_yaml["artifacts"]["digits-cnn"]
     assert artifact["path"] == "${paths.model}"
     assert artifact["type"] == "model"

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import pytorch_lightning as pl
     from torch import nn
 
-    from onnxport.pipeline import ExportResult
+    from onnxport.workflow import ExportResult
 
 ON_ERROR_POLICIES = ("raise", "warn")
 CHECKPOINT_ALIASES = ("best", "last")
@@ -91,7 +91,7 @@ class OnnxExportCallback(Callback):
     ``rank_zero_info`` as it finishes.
 
     Attributes:
-        last_result: The :class:`~onnxport.pipeline.ExportResult` of the last export (global rank 0).
+        last_result: The :class:`~onnxport.workflow.ExportResult` of the last export (global rank 0).
         last_path: Path of the last exported file (every rank; kept in checkpoints).
         last_sha256: Its sha256 (every rank; kept in checkpoints).
 
@@ -246,9 +246,9 @@ class OnnxExportCallback(Callback):
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ExportResult:
         import torch
 
-        from onnxport.exporters import preserved_state
         from onnxport.inputs import choose_example_inputs
-        from onnxport.pipeline import export
+        from onnxport.model_state import preserved_state
+        from onnxport.workflow import export
 
         # Made when the file is written, as ModelCheckpoint makes its dirpath: the default log_dir
         # does not exist yet when nothing else wrote there (no logger, no checkpoints).
@@ -394,18 +394,11 @@ def _filesystem(path: str) -> tuple[Any, str]:
 
 def _sha256(path: str) -> str:
     """sha256 of a local or fsspec checkpoint, read in chunks."""
-    if "://" not in path:
-        from onnxport.load import file_sha256
-
-        return file_sha256(path)
-    import hashlib
+    from onnxport.hashing import stream_sha256
 
     fs, remote = _filesystem(path)
-    digest = hashlib.sha256()
     with fs.open(remote, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return stream_sha256(handle)
 
 
 def _uncompiled(module: nn.Module) -> nn.Module:

@@ -20,7 +20,6 @@ arbitrary code.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import re
@@ -173,15 +172,6 @@ def read_state_dict(
             fix="pass a checkpoint written by Lightning or torch.save(model.state_dict())",
         )
     return _find_state_dict(checkpoint, source)
-
-
-def file_sha256(path: PathLike, *, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so a large checkpoint is never held in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _archive_kind(path: Path) -> str:
