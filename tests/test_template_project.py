@@ -4,6 +4,7 @@ and its checkpoints export with no trust flag through the CLI's work function an
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,13 +28,40 @@ def test_the_template_configs_compose_as_the_template_writes_them(template_proje
     assert cfg.callbacks.model_checkpoint.dirpath == cfg.paths.output_dir + "/checkpoints"
 
 
-@pytest.fixture
-def trained(template_project) -> tuple[Path, Path]:
-    """The project after one CPU epoch of its own train(): (project, best checkpoint)."""
-    from src.train import train
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A template project after one CPU epoch of its own train(): (project, best checkpoint).
 
-    _, objects = train(compose_template(template_project, ["test=False"]))
-    return template_project, Path(objects["trainer"].checkpoint_callback.best_model_path)
+    Trained once per module; the tests run the CLI on it or load ``src`` from it themselves.
+    """
+    from conftest import TEMPLATE_DIR, _forget_template_modules
+
+    project = tmp_path_factory.mktemp("template") / "project"
+    shutil.copytree(TEMPLATE_DIR, project, ignore=shutil.ignore_patterns("__pycache__"))
+    with pytest.MonkeyPatch.context() as patch:
+        _forget_template_modules()
+        patch.chdir(project)
+        patch.syspath_prepend(str(project))
+        patch.setenv("PROJECT_ROOT", str(project))
+        from src.train import train
+
+        _, objects = train(compose_template(project, ["test=False"]))
+        _forget_template_modules()
+    return project, Path(objects["trainer"].checkpoint_callback.best_model_path)
+
+
+@pytest.fixture
+def in_project(trained, monkeypatch):
+    """The trained project as cwd and first on sys.path, its own ``src`` imported afresh."""
+    from conftest import _forget_template_modules
+
+    project, best = trained
+    _forget_template_modules()
+    monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.setenv("PROJECT_ROOT", str(project))
+    yield project, best
+    _forget_template_modules()
 
 
 def _best_module(ckpt: Path) -> torch.nn.Module:
@@ -51,10 +79,10 @@ def _assert_matches(onnx_path: Path, module: torch.nn.Module) -> None:
 
 
 @pytest.mark.slow
-def test_the_template_project_trains_and_its_checkpoint_exports_without_trust(trained):
+def test_the_template_project_trains_and_its_checkpoint_exports_without_trust(in_project):
     from onnxport.cli import export_from_config
 
-    project, best = trained
+    project, best = in_project
     assert best.is_relative_to(project) and best.suffix == ".ckpt"
     unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(best)
     assert "hydra._internal.target_policy._DeferredTarget" in unsafe  # what weights_only refuses
@@ -71,26 +99,35 @@ def test_the_template_project_trains_and_its_checkpoint_exports_without_trust(tr
     _assert_matches(output, _best_module(best))
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 point 2 (hydra-cli): `onnxport export` cannot compose the template's configs yet "
-    "(PROJECT_ROOT, ${hydra:runtime.output_dir}, colorlog handlers, a run dir left behind)",
-)
-def test_the_onnxport_cli_exports_a_template_checkpoint(trained):
-    project, best = trained
-    runs = set((project / "logs").rglob("*"))
+def _run_cli(project: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    # As a user runs it in a shell: rootutils' PROJECT_ROOT is only set inside the template's train.py.
     env = {k: v for k, v in os.environ.items() if k not in ("PROJECT_ROOT", "HYDRA_FULL_ERROR")}
-    output = project / "exported" / "model.onnx"
-    args = ["--config-dir", "configs", "--config-name", "train", f"checkpoint={best}", "model=digits"]
-    done = subprocess.run(
-        [ONNXPORT, "export", *args, f"output={output}", INPUTS],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    args = ["export", "--config-dir", "configs", "--config-name", "train", *overrides, INPUTS]
+    return subprocess.run(
+        [ONNXPORT, *args], cwd=project, capture_output=True, text=True, env=env, timeout=300
     )
+
+
+@pytest.mark.slow
+def test_the_onnxport_cli_exports_a_template_checkpoint(in_project):
+    project, best = in_project
+    runs = set((project / "logs").rglob("*"))
+    output = project / "exported" / "model.onnx"
+    done = _run_cli(project, f"checkpoint={best}", f"output={output}")
     assert done.returncode == 0, done.stderr
     _assert_matches(output, _best_module(best))
     assert set((project / "logs").rglob("*")) == runs  # no run dir, no log file left behind
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="hydra-cli: `model=digits` (choosing the template's model config group) is rewritten to "
+    "'++model=digits' and refused: 'force-add of config groups is not supported'",
+)
+def test_the_onnxport_cli_takes_the_model_group_option_as_users_write_it(in_project):
+    project, best = in_project
+    output = project / "exported" / "model.onnx"
+    done = _run_cli(project, f"checkpoint={best}", "model=digits", f"output={output}")
+    assert done.returncode == 0, done.stderr
+    _assert_matches(output, _best_module(best))
