@@ -584,3 +584,14 @@ def test_a_payload_checkpoint_never_runs_through_the_cli(tmp_path, monkeypatch, 
     assert error.startswith(f"onnxport {command}: error: checkpoint evil.ckpt is refused")
     assert len(error.splitlines()) == 1 and "\x1b" not in error and "posix.system" in error
     assert not marker.exists() and not (tmp_path / "model.onnx").stat().st_size
+
+
+def test_torch_force_weights_only_load_uses_torchs_own_loader_and_names_the_refusal(
+    hydra_ckpt, weights, monkeypatch
+):
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+    path, model = weights
+    assert_same_weights(load_model(path, model=TinyMLP()), model)  # plain weights still load
+    with pytest.raises(CheckpointError, match="refused by torch's weights_only loader") as caught:
+        load_model(hydra_ckpt[0], model=HYDRA_LIT_CONFIG)
+    assert "corrupt" not in str(caught.value) and "\x1b" not in str(caught.value)

@@ -143,11 +143,9 @@ class OnnxExportCallback(Callback):
                 f"every_n_epochs={every_n_epochs!r} is not a positive integer",
                 fix="use an integer >= 1, or None to export only when fit ends",
             )
-        if type(trust_checkpoint) is not bool:  # bool("false") is True: it would turn unpickling on
-            raise ConfigError(
-                f"trust_checkpoint={trust_checkpoint!r} is a {type(trust_checkpoint).__name__}, not a bool",
-                fix="pass True or False (true/false in YAML, unquoted)",
-            )
+        from onnxport.load import check_trust_flag
+
+        check_trust_flag(trust_checkpoint)
         self.output = os.fspath(output) if output is not None else None
         self.ckpt_path = os.fspath(ckpt_path) if ckpt_path is not None else None
         self.on_error = on_error

@@ -116,8 +116,10 @@ def inert_load(source: str | os.PathLike | Any, *, map_location: Any = "cpu") ->
     import torch
 
     found: set[str] = set()
-    module = _pickle_module(found)
-    options = {"map_location": map_location, "weights_only": False, "pickle_module": module}
+    options = {"map_location": map_location, "weights_only": False, "pickle_module": _pickle_module(found)}
+    if os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+        # The user asked torch for its own, stricter loader everywhere: use it (it refuses a pickle_module).
+        options = {"map_location": map_location, "weights_only": True}
     if isinstance(source, str | os.PathLike) and "://" in os.fspath(source):
         from fsspec.core import url_to_fs
 

@@ -86,7 +86,7 @@ def load_model(
     import torch
     from torch.export import ExportedProgram
 
-    _check_trust_flag(trust_checkpoint)
+    check_trust_flag(trust_checkpoint)
     if isinstance(source, torch.nn.Module | ExportedProgram):
         return source
     if not isinstance(source, str | os.PathLike):
@@ -158,7 +158,7 @@ def read_state_dict(
         CheckpointError: missing, corrupt, refused, or holding no state_dict.
         ConfigError: ``trust_checkpoint`` is not a bool.
     """
-    _check_trust_flag(trust_checkpoint)
+    check_trust_flag(trust_checkpoint)
     if "://" not in os.fspath(source):
         source = _existing_file(Path(source))
     checkpoint, _ = _read(source, trust_checkpoint=trust_checkpoint, map_location=map_location)
@@ -193,8 +193,8 @@ def _archive_kind(path: Path) -> str:
     return "pickle"
 
 
-def _check_trust_flag(trust_checkpoint: Any) -> None:
-    # bool("false") is True: a string here would turn full unpickling on.
+def check_trust_flag(trust_checkpoint: Any) -> None:
+    """``trust_checkpoint`` must be a real bool: ``bool("false")`` would turn full unpickling on."""
     if type(trust_checkpoint) is not bool:
         raise ConfigError(
             f"trust_checkpoint={trust_checkpoint!r} is a {type(trust_checkpoint).__name__}, not a bool",
