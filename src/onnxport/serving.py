@@ -174,7 +174,7 @@ def model_card(
     pipeline's ``metrics/accuracy.json``).
     """
     from onnxport.inspection import inspect_model
-    from onnxport.load import file_sha256
+    from onnxport.hashing import file_sha256
 
     source = Path(path)
     info = inspect_model(source)
