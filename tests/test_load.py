@@ -595,3 +595,20 @@ def test_torch_force_weights_only_load_uses_torchs_own_loader_and_names_the_refu
     with pytest.raises(CheckpointError, match="refused by torch's weights_only loader") as caught:
         load_model(hydra_ckpt[0], model=HYDRA_LIT_CONFIG)
     assert "corrupt" not in str(caught.value) and "\x1b" not in str(caught.value)
+
+
+def test_a_pickle_cannot_rewrite_a_class_or_call_what_find_class_did_not_hand_out():
+    from onnxport.inert import _pickle_module
+
+    unpickle = _pickle_module(set()).load
+    # GLOBAL torch.Tensor; BUILD (None, {"onnxport_pwned": 1}): would set a class attribute.
+    build_on_class = b"\x80\x02ctorch\nTensor\nN}X\x0e\x00\x00\x00onnxport_pwnedK\x01s\x86b."
+    with pytest.raises(pickle.UnpicklingError, match="refused to set the state of"):
+        unpickle(io.BytesIO(build_on_class))
+    assert not hasattr(torch.Tensor, "onnxport_pwned")
+    # A placeholder stands in for any other global and calling it runs nothing.
+    loaded = unpickle(io.BytesIO(b"\x80\x02cmy.pkg\nrun\nX\x01\x00\x00\x00x\x85R."))
+    assert repr(loaded) == "<my.pkg.run: not loaded>" and loaded.args == ("x",)
+    # Copyreg's process-wide extension registry is never consulted.
+    with pytest.raises(pickle.UnpicklingError, match="EXT opcode"):
+        unpickle(io.BytesIO(b"\x80\x02\x82\x01."))
