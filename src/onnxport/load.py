@@ -130,9 +130,13 @@ def load_model(
             )
         cls = _resolve_class(model_class)
         if pickled:  # load_from_checkpoint would have to unpickle them, running code from the file
+            in_hparams = [
+                entry.partition(": ")[2] for entry in find_placeholders(checkpoint.get("hyper_parameters"))
+            ]
+            what = "its pickled hyper-parameters" if in_hparams else "pickled objects beside its weights"
             raise CheckpointError(
-                f"checkpoint {path}: building {cls.__qualname__} needs its pickled hyper-parameters "
-                f"({_first(pickled)}), which only full unpickling restores",
+                f"checkpoint {path}: building {cls.__qualname__} with load_from_checkpoint needs {what} "
+                f"({_first(sorted(set(in_hparams)) or pickled)}), which only full unpickling restores",
                 fix=_MODEL_OR_TRUST_FIX,
             )
         del checkpoint  # Lightning reads the file again; do not hold two copies
