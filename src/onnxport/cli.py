@@ -427,6 +427,7 @@ def _validate_command(args: list[str]) -> int:
         model_from_config,
         read_command_config,
     )
+    from onnxport.report import revalidation_report_path
 
     parser = argparse.ArgumentParser(
         prog="onnxport validate",
@@ -441,7 +442,7 @@ def _validate_command(args: list[str]) -> int:
     parser.add_argument("--config-name", default=DEFAULT_CONFIG_NAME, help="primary config name (config)")
     parser.add_argument(
         "--report",
-        help="where the JSON report goes (default: <FILE stem>.validation.json beside FILE)",
+        help="where the JSON report goes (default: <FILE stem>.revalidation.json beside FILE)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. export.validation.atol=1e-3")
     options = parser.parse_intermixed_args(args)  # FILE, flags and overrides in any order
@@ -457,9 +458,7 @@ def _validate_command(args: list[str]) -> int:
     check_paths(command, need_output=False)
     # Not export.validation.report: that is the export's own report (a DVC metric), and
     # rewriting it would make `dvc repro` run the stage again.
-    report_path = Path(
-        options.report or Path(options.file).with_name(f"{Path(options.file).stem}.validation.json")
-    )
+    report_path = Path(options.report or revalidation_report_path(options.file))
     check_writable_path("--report", report_path)
     make_parent("--report", report_path)
 

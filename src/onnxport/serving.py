@@ -173,8 +173,8 @@ def model_card(
     it, only when it vouches for these bytes); ``metrics`` is a JSON file of numbers (e.g. the
     pipeline's ``metrics/accuracy.json``).
     """
-    from onnxport.inspection import inspect_model
     from onnxport.hashing import file_sha256
+    from onnxport.inspection import inspect_model
 
     source = Path(path)
     info = inspect_model(source)
