@@ -360,3 +360,250 @@ def test_export_without_a_config_dir_says_where_it_looked(tmp_path, monkeypatch,
     error = capsys.readouterr().err
     assert error.startswith("onnxport export: error: no --config-dir given") and len(error.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+# -- a lightning-hydra-template layout ------------------------------------------------------
+
+# The template's own files where onnxport meets them (configs/train.yaml, paths/, hydra/, the
+# model node with a nested net and _partial_ optimizer and scheduler), verbatim but for names.
+TEMPLATE = {
+    ".project-root": "",
+    "configs/train.yaml": """\
+# @package _global_
+defaults:
+  - _self_
+  - data: digits
+  - model: dense
+  - callbacks: default
+  - logger: null
+  - trainer: default
+  - paths: default
+  - extras: default
+  - hydra: default
+  - experiment: null
+  - hparams_search: null
+  - optional local: default
+  - debug: null
+task_name: "train"
+tags: ["dev"]
+train: True
+test: True
+ckpt_path: null
+seed: null
+""",
+    "configs/paths/default.yaml": """\
+root_dir: ${oc.env:PROJECT_ROOT}
+data_dir: ${paths.root_dir}/data/
+log_dir: ${paths.root_dir}/logs/
+output_dir: ${hydra:runtime.output_dir}
+work_dir: ${hydra:runtime.cwd}
+""",
+    "configs/hydra/default.yaml": """\
+defaults:
+  - override hydra_logging: colorlog
+  - override job_logging: colorlog
+run:
+  dir: ${paths.log_dir}/${task_name}/runs/${now:%Y-%m-%d}_${now:%H-%M-%S}
+sweep:
+  dir: ${paths.log_dir}/${task_name}/multiruns/${now:%Y-%m-%d}_${now:%H-%M-%S}
+  subdir: ${hydra.job.num}
+job_logging:
+  handlers:
+    file:
+      filename: ${hydra.runtime.output_dir}/${task_name}.log
+""",
+    "configs/model/dense.yaml": """\
+_target_: tplmodels.LitDense
+optimizer:
+  _target_: torch.optim.Adam
+  _partial_: true
+  lr: 0.001
+scheduler:
+  _target_: torch.optim.lr_scheduler.ReduceLROnPlateau
+  _partial_: true
+  mode: min
+net:
+  _target_: tplmodels.DenseNet
+  input_size: 8
+  output_size: 3
+compile: false
+""",
+    "configs/data/digits.yaml": "_target_: tplmodels.Digits\ndata_dir: ${paths.data_dir}\nbatch_size: 16\n",
+    "configs/callbacks/default.yaml": """\
+defaults:
+  - model_checkpoint
+  - _self_
+model_checkpoint:
+  dirpath: ${paths.output_dir}/checkpoints
+  filename: "epoch_{epoch:03d}"
+  monitor: "val/acc"
+  mode: "max"
+  save_last: True
+""",
+    "configs/callbacks/model_checkpoint.yaml": """\
+model_checkpoint:
+  _target_: lightning.pytorch.callbacks.ModelCheckpoint
+  dirpath: null
+  filename: null
+  monitor: null
+  save_last: null
+  mode: "min"
+""",
+    "configs/trainer/default.yaml": "_target_: lightning.pytorch.trainer.Trainer\n"
+    "default_root_dir: ${paths.output_dir}\nmax_epochs: 10\naccelerator: cpu\n",
+    "configs/extras/default.yaml": "ignore_warnings: False\nenforce_tags: True\nprint_config: True\n",
+    "tplmodels.py": """\
+import torch
+
+
+class DenseNet(torch.nn.Module):
+    def __init__(self, input_size, output_size):
+        super().__init__()
+        layers = [torch.nn.Linear(input_size, 16), torch.nn.ReLU(), torch.nn.Linear(16, output_size)]
+        self.model = torch.nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class LitDense(torch.nn.Module):  # the template's MNISTLitModule, minus Lightning
+    def __init__(self, net, optimizer, scheduler, compile):
+        super().__init__()
+        self.net, self.optimizer, self.scheduler = net, optimizer, scheduler
+
+    def forward(self, x):
+        return self.net(x)
+""",
+}
+
+# What onnxport reads, as command-line overrides on the template's own train.yaml.
+TEMPLATE_KEYS = ["checkpoint=weights.pt", "output=models/model.onnx", "export.inputs=[{name:x,shape:[2,8]}]"]
+
+
+@pytest.fixture
+def template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name, text in TEMPLATE.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("PROJECT_ROOT", "HYDRA_FULL_ERROR", "DVC_STAGE"):
+        monkeypatch.delenv(name, raising=False)
+    import importlib
+
+    import tplmodels  # type: ignore[import-not-found]
+
+    importlib.reload(tplmodels)
+    torch.manual_seed(0)
+    net = tplmodels.DenseNet(8, 3)
+    model = tplmodels.LitDense(net, None, None, False)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    return tmp_path
+
+
+def test_the_templates_own_configs_compose_without_train_py(template, capsys):
+    # No PROJECT_ROOT, no colorlog handler, ${hydra:...} in paths: the first error is onnxport's own.
+    before = listing(template)
+    status = main(["export", "--config-dir", "configs", "--config-name", "train", "checkpoint=missing.ckpt"])
+    error = _only_line(capsys.readouterr().err)
+    assert status == 2, error
+    assert "checkpoint missing.ckpt does not exist" in error
+    assert listing(template) == before  # no logs/train/runs/<timestamp>/, no .hydra/, no log file
+
+
+def test_an_interpolation_only_a_training_run_resolves_is_named_with_its_fix(template, capsys):
+    args = ["validate", "weights.pt", "--config-dir", "configs", "--config-name", "train"]
+    assert main([*args, "checkpoint=${paths.output_dir}/checkpoints/last.ckpt"]) == 2
+    error = _only_line(capsys.readouterr().err)
+    assert "paths.output_dir cannot be resolved" in error or "checkpoint cannot be resolved" in error
+    assert "Fix: set" in error and "plain path" in error
+
+
+@pytest.mark.slow
+def test_export_and_validate_run_on_the_templates_configs(template, capsys):
+    before = listing(template)
+    args = ["--config-dir", "configs", "--config-name", "train", *TEMPLATE_KEYS]
+    assert main(["export", *args]) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "validation passed" in captured.out
+    phases = [line.split()[1] for line in captured.err.splitlines()]
+    assert phases[0] == "load"
+    assert listing(template) - before == {"models", "models/model.onnx", "models/model.validation.json"}
+    assert main(["validate", "models/model.onnx", *args]) == 0, capsys.readouterr().err
+    assert not (template / "logs").exists()
+
+
+# -- untrusted checkpoints ---------------------------------------------------------------------
+
+PAYLOAD = """\
+import os, sys
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {sys.argv[1]}",))
+"""
+
+
+@pytest.fixture
+def payload_checkpoint(in_project: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A checkpoint whose unpickling would create a marker file."""
+    marker = tmp_path / "payload-ran"
+    script = tmp_path / "make_payload.py"
+    script.write_text(
+        PAYLOAD + "import torch\ntorch.save({'state_dict': torch.nn.Linear(4, 3).state_dict(), "
+        "'hyper_parameters': Payload()}, sys.argv[2])\n"
+    )
+    checkpoint = tmp_path / "payload.ckpt"
+    subprocess.run([sys.executable, str(script), str(marker), str(checkpoint)], check=True, timeout=120)
+    assert not marker.exists()
+    return checkpoint, marker
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        None,
+        "trust_checkpoint=false",
+        "trust_checkpoint='false'",
+        "trust_checkpoint='0'",
+        "trust_checkpoint=0",
+    ],
+    ids=["no flag", "false", "string false", "string 0", "integer 0"],
+)
+def test_a_payload_never_runs_through_export_or_validate(payload_checkpoint, in_project, capsys, flag):
+    checkpoint, marker = payload_checkpoint
+    flags = [flag] if flag else []
+    assert main(["export", f"checkpoint={checkpoint}", *flags]) == 2
+    assert main(["validate", "netdef.py", f"--checkpoint={checkpoint}", *flags]) == 2
+    for error in capsys.readouterr().err.splitlines():
+        assert error.startswith("onnxport ") and "\x1b" not in error
+    assert not marker.exists()
+
+
+def test_the_payload_is_real_when_trusted(payload_checkpoint, in_project, capsys):
+    # The control: with trust_checkpoint=true (a real bool) full unpickling runs it.
+    checkpoint, marker = payload_checkpoint
+    main(["export", f"checkpoint={checkpoint}", "trust_checkpoint=true", "output=trusted/model.onnx"])
+    assert marker.exists()
+
+
+# A fresh interpreter: main() in-process, then whether torch was imported on the way to the error.
+FAIL_FAST = """\
+import sys
+from onnxport.cli import main
+status = main(["export", *sys.argv[1:]])
+print(status, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [("checkpoint=missing.ckpt", "missing.ckpt does not exist"), ("export.opset=99", "export.opset=99")],
+)
+def test_bad_config_fails_before_torch_is_imported(project, override, expected):
+    done = subprocess.run(
+        [sys.executable, "-c", FAIL_FAST, override], cwd=project, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+    assert expected in done.stderr

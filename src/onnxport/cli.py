@@ -249,9 +249,21 @@ def _export_command(args: list[str]) -> int:
     exit_codes = [0]
     task = functools.partial(_export_task, exit_codes=exit_codes, full_errors=_full_errors_requested())
     app = hydra_main(version_base=None, config_path=str(PACKAGED_CONF), config_name=DEFAULT_CONFIG_NAME)(task)
-    with _hydra_raises(), _argv("onnxport export", _hydra_argv(args)):
+    with _hydra_raises(), _argv("onnxport export", _hydra_argv(args)), _hydra_config_restored():
         app()
     return max(exit_codes)
+
+
+@contextlib.contextmanager
+def _hydra_config_restored() -> Iterator[None]:
+    """Hydra leaves the run's config in the HydraConfig singleton; ``main()`` may run in-process."""
+    from hydra.core.hydra_config import HydraConfig
+
+    saved = HydraConfig.instance().cfg
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = saved
 
 
 def export_keys_help() -> str:
