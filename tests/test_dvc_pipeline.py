@@ -53,9 +53,38 @@ def ran_stages(output: str) -> list[str]:
 
 
 def locked_md5(root: Path, path: str) -> str:
+    """``path``'s md5 in dvc.lock: as an out, or as a dep (a file inside the export stage's directory)."""
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    outs = [out for stage in lock["stages"].values() for out in stage.get("outs", [])]
-    return next(out["md5"] for out in outs if out["path"] == path)
+    entries = [e for stage in lock["stages"].values() for e in stage.get("outs", []) + stage.get("deps", [])]
+    return next(entry["md5"] for entry in entries if entry["path"] == path)
+
+
+def copy_checkout(root: Path) -> None:
+    """This checkout's files (tracked and new) in a fresh git repository at ``root``, committed."""
+    listed = git(REPO_ROOT, "ls-files", "--cached", "--others", "--exclude-standard", "-z")
+    for name in filter(None, listed.split("\0")):
+        if name == "dvc.lock":  # left by a local `make run`; the copy starts from a clean clone's state
+            continue
+        source = REPO_ROOT / name
+        if source.is_file():  # listed but deleted in the working tree
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "copy of the onnxport checkout")
+
+
+def tree_bytes(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+def run_failing(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode != 0, f"{' '.join(args)} succeeded:\n{result.stdout}{result.stderr}"
+    return result.stdout + result.stderr
 
 
 def opset_and_version(path: Path) -> tuple[int, int]:
@@ -69,17 +98,7 @@ def opset_and_version(path: Path) -> tuple[int, int]:
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     """A git repository holding this checkout's files (tracked and new), after one ``dvc repro``."""
     root = tmp_path_factory.mktemp("dvc") / "repo"
-    listed = git(REPO_ROOT, "ls-files", "--cached", "--others", "--exclude-standard", "-z")
-    for name in filter(None, listed.split("\0")):
-        if name == "dvc.lock":  # left by a local `make run`; the copy starts from a clean clone's state
-            continue
-        source = REPO_ROOT / name
-        if source.is_file():  # listed but deleted in the working tree
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "copy of the onnxport checkout")
+    copy_checkout(root)
 
     start = time.perf_counter()
     output = dvc(root, "repro")
@@ -101,6 +120,18 @@ def test_first_repro_runs_every_stage_and_writes_model_and_metrics(pipeline: Pip
     assert accuracy["onnx_accuracy"] == pytest.approx(accuracy["torch_accuracy"], abs=1 / 270)
 
 
+def test_a_checkout_at_another_path_publishes_byte_identical_models(pipeline: Pipeline, tmp_path: Path):
+    # Lightning stores ModelCheckpoint's absolute dirpath in the checkpoint; the ONNX files must not care.
+    other = tmp_path / "somewhere" / "else" / "onnxport"
+    copy_checkout(other)
+    assert ran_stages(dvc(other, "repro")) == ["prepare", "train", "export", "evaluate"]
+    for name in ("models/model.onnx", "checkpoints/best.onnx"):
+        assert (other / name).read_bytes() == (pipeline.root / name).read_bytes(), name
+    assert (other / "checkpoints/best.ckpt").read_bytes() != (
+        pipeline.root / "checkpoints/best.ckpt"
+    ).read_bytes()
+
+
 def test_summary_says_where_the_model_is_and_its_accuracy(pipeline: Pipeline):
     text = run([sys.executable, "-m", "pipelines.summary"], pipeline.root)
     assert str(pipeline.root / "models" / "model.onnx") in text
@@ -114,22 +145,45 @@ def test_second_repro_runs_nothing(pipeline: Pipeline):
     assert "Data and pipelines are up to date" in output
 
 
-def test_metrics_show_lists_validation_and_accuracy(pipeline: Pipeline):
+def test_metrics_show_lists_few_readable_validation_numbers_and_accuracy(pipeline: Pipeline):
     shown = json.loads(dvc(pipeline.root, "metrics", "show", "--json"))
     workspace = next(iter(shown.values()))["data"]
     validation = workspace["metrics/validation.json"]["data"]
     accuracy = workspace["metrics/accuracy.json"]["data"]
-    assert validation["passed"] in (True, 1) and validation["max_abs_diff"] < 1e-3
+    assert validation["passed"] == 1 and 0 < validation["tolerance_use"] < 1
+    assert all(isinstance(value, (int, float)) for value in validation.values())  # no strings, no run context
     assert {"onnx_accuracy", "torch_accuracy", "prediction_agreement"} <= set(accuracy)
-    table = dvc(pipeline.root, "metrics", "show")
-    assert "onnx_accuracy" in table and "max_abs_diff" in table
+    report = json.loads((pipeline.root / "models" / "model.validation.json").read_text())
+    assert report["run"]["onnx_sha256"] and report["cases"] >= 3  # the full report, beside the model
+
+    table = dvc(pipeline.root, "metrics", "show", "--md")
+    header, _, row = table.strip().splitlines()[:3]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    values = dict(zip(columns, [c.strip() for c in row.strip("|").split("|")], strict=True))
+    shown_validation = [c for c in columns if c in validation]
+    assert 3 <= len(shown_validation) <= 8, columns
+    for column in shown_validation:
+        if validation[column] != 0:  # DVC's default precision does not round it away
+            assert float(values[column]) != 0.0, (column, values[column])
+    assert "onnx_accuracy" in columns
 
 
-def test_plots_show_renders_the_latency_plot(pipeline: Pipeline, tmp_path: Path):
+def test_plots_show_renders_parity_and_latency(pipeline: Pipeline, tmp_path: Path):
     dvc(pipeline.root, "plots", "show", "-o", str(tmp_path / "plots"))
     html = (tmp_path / "plots" / "index.html").read_text()
-    assert "Latency per batch" in html
-    assert "onnxruntime_ms" in html and "torch_ms" in html
+    for title in ("Validation parity per case", "Latency per validation case", "Latency per batch"):
+        assert title in html
+    rendered = json.loads(dvc(pipeline.root, "plots", "show", "--json"))["data"]
+    parity = rendered["parity"][0]["content"]
+    rows = parity["data"]["values"]
+    assert {row["label"] for row in rows} == {"batch=1", "batch=2", "batch=5"}
+    assert all(0 < float(row["tolerance_use"]) < 1 for row in rows)
+    latency = rendered["validation-latency"][0]["content"]["data"]["values"]
+    assert {row["batch"] for row in latency} == {1, 2, 5}
+    assert {row["rev"] for row in latency} == {"workspace"}
+    assert {"onnxruntime_ms", "torch_ms"} <= {key for row in latency for key in row} | {
+        row.get("field") for row in latency
+    }
 
 
 def test_forced_export_rerun_writes_the_same_md5(pipeline: Pipeline):
@@ -156,6 +210,53 @@ def test_push_then_pull_into_a_fresh_clone_brings_the_same_model(pipeline: Pipel
     assert locked_md5(clone, "models/model.onnx") == locked_md5(root, "models/model.onnx")
 
 
+def test_artifacts_get_fetches_a_tagged_model_version_into_another_repository(
+    pipeline: Pipeline, tmp_path: Path
+):
+    # The README's registry flow: a GTO-style tag names the version; the remote set up above holds it.
+    root = pipeline.root
+    git(root, "tag", "-a", "digits-cnn@v1.0.0", "-m", "Registering artifact digits-cnn version v1.0.0")
+    consumer = tmp_path / "consumer"
+    consumer.mkdir()
+    git(consumer, "init", "-q", "-b", "main")
+    dvc(consumer, "artifacts", "get", str(root), "digits-cnn", "--rev", "v1.0.0", "-o", "model.onnx")
+    assert (consumer / "model.onnx").read_bytes() == (root / "models" / "model.onnx").read_bytes()
+
+
+def test_a_failing_export_under_dvc_repro_keeps_the_previous_model_and_report(pipeline: Pipeline):
+    root = pipeline.root
+    kept = {name: tree_bytes(root / name) for name in ("models", "metrics", "plots/export")}
+    conf = root / "conf" / "export" / "default.yaml"
+    text = conf.read_text()
+    conf.write_text(
+        text.replace("  atol: 1.0e-4\n", "  atol: 0.0\n").replace("  rtol: 1.0e-3\n", "  rtol: 0.0\n")
+    )
+    output = run_failing([str(BIN / "dvc"), "repro"], root)
+    assert "validation cases failed" in output
+    evidence = sorted(p.name for p in (root / "models").iterdir() if ".rejected." in p.name)
+    assert evidence == ["model.rejected.onnx", "model.rejected.validation.json"]
+    for path in evidence:
+        (root / "models" / path).unlink()  # inspected and removed, as the README says
+    for name, files in kept.items():
+        assert tree_bytes(root / name) == files, name  # persist: DVC did not delete them first
+    git(root, "checkout", "--", "conf", "params.yaml")
+    assert ran_stages(dvc(root, "repro")) == []
+
+
+def test_exp_run_with_another_tolerance_keeps_the_model_md5_and_skips_evaluate(pipeline: Pipeline):
+    root = pipeline.root
+    before = locked_md5(root, "models/model.onnx"), (root / "models" / "model.onnx").read_bytes()
+    old = json.loads((root / "metrics" / "validation.json").read_text())
+    output = dvc(root, "exp", "run", "-S", "export.validation.atol=1e-5")
+    assert ran_stages(output) == ["export"]  # the validation ran again; evaluate sees the same model
+    assert (locked_md5(root, "models/model.onnx"), (root / "models" / "model.onnx").read_bytes()) == before
+    new = json.loads((root / "metrics" / "validation.json").read_text())
+    assert new["tolerance_use"] > old["tolerance_use"]  # the same diffs against a tighter tolerance
+    git(root, "checkout", "--", "params.yaml")
+    dvc(root, "repro")  # back to conf/'s tolerance
+    git(root, "commit", "-q", "-am", "after the tolerance experiment")
+
+
 def test_editing_conf_export_reruns_export_and_evaluate_only(pipeline: Pipeline):
     conf = pipeline.root / "conf" / "export" / "default.yaml"
     text = conf.read_text()
@@ -174,6 +275,8 @@ def test_editing_conf_export_reruns_export_and_evaluate_only(pipeline: Pipeline)
 
 def test_exp_run_set_opset_17_gives_an_opset_17_model(pipeline: Pipeline):
     assert opset_and_version(pipeline.root / "models" / "model.onnx")[0] == 18  # conf/export's opset
+    git(pipeline.root, "add", "-f", "metrics", "plots")  # as a project that commits its metrics does
+    git(pipeline.root, "commit", "-q", "-m", "metrics")
     output = dvc(pipeline.root, "exp", "run", "-S", "export.opset=17", "-S", "evaluate.batch_sizes=[1,4]")
     assert ran_stages(output) == ["export", "evaluate"]
     assert opset_and_version(pipeline.root / "models" / "model.onnx")[0] == 17
@@ -190,6 +293,11 @@ def test_exp_run_set_opset_17_gives_an_opset_17_model(pipeline: Pipeline):
     # The pipeline's own stages see -S too, not only `onnxport export`.
     latency = json.loads((pipeline.root / "plots" / "latency.json").read_text())
     assert [row["batch_size"] for row in latency] == [1, 4]
+    # Parity numbers, not strings, between the opset-18 commit and the opset-17 experiment.
+    diff = json.loads(dvc(pipeline.root, "metrics", "diff", "--json"))["metrics/validation.json"]
+    assert {"passed", "tolerance_use", "max_abs_diff_e6"} <= set(diff)
+    for key, change in diff.items():
+        assert all(isinstance(change[side], (int, float)) for side in ("old", "new")), (key, change)
 
 
 def quick_start_snippets() -> tuple[str, str]:
@@ -225,6 +333,11 @@ def test_quick_start_adds_the_stage_to_an_existing_project(pipeline: Pipeline, t
     assert opset_and_version(project / "models" / "model.onnx")[0] == 18
     assert (project / "metrics" / "validation.json").is_file()
     assert ran_stages(dvc(project, "repro")) == []
+    dvc(project, "plots", "show", "-o", str(tmp_path / "quick_plots"))
+    html = (tmp_path / "quick_plots" / "index.html").read_text()
+    assert "Validation parity per case" in html and "Latency per validation case" in html
+    inspected = run([str(BIN / "onnxport"), "inspect", "models/model.onnx"], project)
+    assert "validation: passed (models/model.validation.json)" in inspected
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "export")
     assert ran_stages(dvc(project, "exp", "run", "-S", "export.opset=17")) == ["export"]

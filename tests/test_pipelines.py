@@ -99,8 +99,13 @@ def test_dvc_yaml_declares_the_stages_metrics_and_model_artifact():
     assert stages["export"]["cmd"] == "onnxport export --config-dir conf"
     assert "conf/export" in stages["export"]["deps"]
     assert "export" in stages["export"]["params"]
-    for stage, metric in (("export", "${paths.validation_report}"), ("evaluate", "${paths.accuracy}")):
-        assert stages[stage]["metrics"] == [{metric: {"cache": False}}]
+    assert stages["evaluate"]["metrics"] == [{"${paths.accuracy}": {"cache": False}}]
+    # The export stage keeps its previous results when it fails: DVC would delete its outs first.
+    assert stages["export"]["metrics"] == [{"${paths.validation_metrics}": {"cache": False, "persist": True}}]
+    assert {"${paths.model_dir}": {"persist": True}} in stages["export"]["outs"]
+    assert "${paths.model}" in stages["evaluate"]["deps"]  # the file inside the export stage's out
+    plots = {name: spec for entry in dvc_yaml["plots"] for name, spec in entry.items()}
+    assert {"parity", "validation-latency", "latency"} <= set(plots)
     artifact = dvc_yaml["artifacts"]["digits-cnn"]
     assert artifact["path"] == "${paths.model}"
     assert artifact["type"] == "model"

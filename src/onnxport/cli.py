@@ -48,7 +48,7 @@ from onnxport.errors import (
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-    from onnxport.pipeline import ExportResult
+    from onnxport.workflow import ExportResult
 
 log = logging.getLogger(__name__)
 PROGRESS_LINE = re.compile(r"\w+ done in [\d.]+ s")  # what each phase logs when it finishes
@@ -80,7 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE, end="", file=sys.stdout if args else sys.stderr)
         return 0 if args else EXIT_BAD_INPUT
-    commands = {"export": _export_command, "inspect": _inspect_command, "validate": _validate_command}
+    commands = {
+        "export": _export_command,
+        "inspect": _inspect_command,
+        "validate": _validate_command,
+        "triton": lambda rest: __import__("onnxport.serving", fromlist=["*"]).triton_command(rest),
+    }
     command = commands.get(args[0])
     if command is None:
         print(f"onnxport: unknown command {args[0]!r}; choose one of {', '.join(commands)}", file=sys.stderr)
@@ -191,7 +196,7 @@ def export_from_config(cfg: DictConfig) -> ExportResult:
     check_model(command)
 
     import onnxport
-    from onnxport.load import file_sha256
+    from onnxport.hashing import file_sha256
 
     with phase("load"):
         model = model_from_config(command)

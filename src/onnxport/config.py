@@ -72,6 +72,8 @@ class ToleranceConfig:
     """Absolute tolerance for this output."""
     rtol: Optional[float] = None
     """Relative tolerance for this output."""
+    allow_nonfinite: bool = False
+    """Accept NaN/Inf in this output (where ONNX Runtime has them too); by default any NaN or Inf fails."""
 
 
 @dataclass
@@ -98,6 +100,12 @@ class ValidationConfig:
     """Timed runs for the torch / ONNX Runtime latency numbers at the export shape (0 turns timing off)."""
     localize: bool = False
     """On a parity failure of a dynamo export, name the first operator whose output diverges."""
+    metrics: Optional[str] = None
+    """A numbers-only JSON for ``dvc metrics`` (passed, tolerance_use, worst diffs scaled to
+    read at 5 decimals). ``None``: not written."""
+    plots: Optional[str] = None
+    """A directory for DVC plot data: ``parity.json`` (each case and output against its
+    tolerance) and ``latency.json`` (torch vs ONNX Runtime per case). ``None``: not written."""
 
 
 @dataclass

@@ -61,6 +61,10 @@ class UnsupportedOperatorError(ExportError):
         super().__init__(message, fix=fix)
 
 
+class OpsetNotProduced(ConfigError):
+    """The exporter ran but could not convert the graph to the requested opset."""
+
+
 class PublishError(OnnxportError):
     """The validated file could not be moved to the output path."""
 

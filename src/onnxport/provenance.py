@@ -1,17 +1,19 @@
-"""Where and with what an export ran.
+"""Where and with what an export ran, and which weights it holds.
 
-``tool_versions`` is part of the file's identity (it goes into ``metadata_props``);
-``run_context`` changes from run to run (commit, host, time) and so only goes into
-``ExportResult`` and the report beside the file, never into the file.
+``tool_versions`` and ``weights_sha256`` are part of the file's identity (they go into
+``metadata_props``); ``run_context`` changes from run to run (commit, host, time) and so
+only goes into ``ExportResult`` and the report beside the file, never into the file.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,42 @@ def tool_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def weights_sha256(source: Any) -> str:
+    """sha256 over the weights themselves: each tensor's name, dtype, shape and bytes, by name.
+
+    ``source`` is a module (its ``state_dict()``: parameters and buffers), an
+    ``ExportedProgram``, a ``state_dict`` or a Lightning checkpoint dict (its ``state_dict``):
+    the same weights give the same hash whichever of these holds them, and whatever else a
+    checkpoint file stores (Lightning keeps absolute ``dirpath`` and ``best_model_path`` in it,
+    so the file's own sha256 differs per clone). Non-tensor entries (``extra_state``) are left out.
+    """
+    import torch
+
+    if isinstance(source, torch.export.ExportedProgram):
+        state: Mapping[str, Any] = {**source.state_dict, **source.constants}
+    elif isinstance(source, torch.nn.Module):
+        state = source.state_dict()
+    elif isinstance(source, Mapping) and isinstance(source.get("state_dict"), Mapping):
+        state = source["state_dict"]  # a Lightning checkpoint
+    elif isinstance(source, Mapping):
+        state = source
+    else:
+        raise TypeError(f"weights_sha256 takes a module or a state_dict, not {type(source).__name__}")
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        header = (
+            f"{name}\0{str(tensor.dtype).removeprefix('torch.')}\0{list(tensor.shape)}\0{tensor.nbytes}\0"
+        )
+        digest.update(header.encode())
+        # Bytes as stored (every dtype, bfloat16 included, viewed as uint8), without a copy.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def run_context(cwd: str | Path | None = None) -> dict[str, Any]:
