@@ -261,10 +261,15 @@ def _export_command(args: list[str]) -> int:
 
 @contextlib.contextmanager
 def _hydra_config_restored() -> Iterator[None]:
-    """Hydra leaves the run's config in the HydraConfig singleton; ``main()`` may run in-process."""
+    """Run as a fresh process would: no HydraConfig from an earlier Hydra run in this process.
+
+    Hydra leaves a run's config in the HydraConfig singleton (and ``${hydra:...}`` would resolve
+    from it); ``main()`` may run in-process, so the singleton is cleared, then restored.
+    """
     from hydra.core.hydra_config import HydraConfig
 
     saved = HydraConfig.instance().cfg
+    HydraConfig.instance().cfg = None
     try:
         yield
     finally:
@@ -463,9 +468,9 @@ def _validate_command(args: list[str]) -> int:
     _import_from_cwd()
     if not Path(options.config_dir).is_dir():
         raise ConfigError(f"config dir {options.config_dir!r} does not exist", fix="pass --config-dir DIR")
-    with _hydra_raises():
+    with _hydra_raises(), _hydra_config_restored():
         cfg = compose(options.config_dir, options.config_name, options.overrides)
-    command = read_command_config(cfg, overrides={"checkpoint": options.checkpoint})
+        command = read_command_config(cfg, overrides={"checkpoint": options.checkpoint})
     check_paths(command, need_output=False)
     # Not export.validation.report: that is the export's own report (a DVC metric), and
     # rewriting it would make `dvc repro` run the stage again.
