@@ -610,3 +610,98 @@ def test_bad_config_fails_before_torch_is_imported(project, override, expected):
     )
     assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
     assert expected in done.stderr
+
+
+# -- the template project of tests/template/, trained, then exported by the CLI and by DVC ----
+
+# configs/onnx.yaml as the README's DVC quick start writes it, on the template's own configs.
+ONNX_YAML = """\
+defaults:
+  - train
+  - /onnxport/export_schema@export
+  - override hydra/hydra_logging: default   # hydra-colorlog (the template's choice) is not installed here
+  - override hydra/job_logging: default
+  - _self_
+
+checkpoint: checkpoints/last.ckpt
+output: models/model.onnx
+export:
+  inputs:
+    - {name: x, shape: [2, 1, 8, 8], dtype: float32}
+  validation:
+    latency_runs: 0
+paths:
+  root_dir: .
+  output_dir: ${paths.log_dir}onnxport
+  work_dir: .
+"""
+
+DVC_YAML = """\
+stages:
+  export:
+    cmd: onnxport export --config-dir configs --config-name onnx +run_note=from-the-stage-command
+    deps: [checkpoints/last.ckpt, configs, src/models]
+    params: [checkpoint, output, model, export]
+    outs:
+      - models/model.onnx: {persist: true}
+    metrics:
+      - models/model.validation.json: {cache: false, persist: true}
+artifacts:
+  digits-classifier:
+    path: models/model.onnx
+    type: model
+"""
+
+
+@pytest.mark.slow
+def test_template_project_exports_with_the_cli_and_dvc_exp_run(template_project, monkeypatch):
+    import onnx
+    from omegaconf import OmegaConf
+    from src.train import train
+
+    from conftest import compose_template
+
+    project = template_project
+    checkpoints = project / "checkpoints"
+    train(compose_template(project, ["test=False", f"callbacks.model_checkpoint.dirpath={checkpoints}"]))
+    assert (checkpoints / "last.ckpt").is_file()
+    (project / "configs" / "onnx.yaml").write_text(ONNX_YAML)
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "HYDRA_")) and k != "PROJECT_ROOT"
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    for command in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "config", "user.email", "tests@onnxport.invalid"],
+        ["git", "config", "user.name", "onnxport-tests"],
+        [dvc, "init", "-q"],
+        [dvc, "config", "hydra.enabled", "true"],
+        [dvc, "config", "hydra.config_dir", "configs"],
+        [dvc, "config", "hydra.config_name", "onnx"],
+    ):
+        run(*command)
+    (project / "dvc.yaml").write_text(DVC_YAML)
+    with (project / ".gitignore").open("a") as ignore:
+        ignore.write("\n*.rejected.*\n/checkpoints/\n__pycache__/\n")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "template project with an export stage")
+
+    # `onnxport export` on the template's own train.yaml and the checkpoint Lightning wrote, no trust
+    # flag, through DVC's composition; its `+run_note=...` override is applied once.
+    exported = run(dvc, "exp", "run")
+    assert "validation passed" in exported.stdout
+    assert not (project / "logs").exists() and not (project / ".hydra").exists()  # nothing left behind
+    model = onnx.load(str(project / "models" / "model.onnx"))
+    assert {o.domain: o.version for o in model.opset_import}[""] == 18
+    params = OmegaConf.load(project / "params.yaml")
+    assert params.paths.output_dir == "./logs/onnxport"  # DVC resolved the whole config
+
+    run(dvc, "exp", "run", "-S", "export.opset=17")
+    model = onnx.load(str(project / "models" / "model.onnx"))
+    assert {o.domain: o.version for o in model.opset_import}[""] == 17
