@@ -458,7 +458,8 @@ def _validate_command(args: list[str]) -> int:
     parser.add_argument("--config-name", default=DEFAULT_CONFIG_NAME, help="primary config name (config)")
     parser.add_argument(
         "--report",
-        help="where the JSON report goes (default: <FILE stem>.validation.json beside FILE)",
+        help="where the JSON report goes (default: <FILE stem>.revalidation.json beside FILE; "
+        "the export's own <FILE stem>.validation.json is left alone)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. export.validation.atol=1e-3")
     options = parser.parse_intermixed_args(args)  # FILE, flags and overrides in any order
@@ -472,10 +473,10 @@ def _validate_command(args: list[str]) -> int:
         cfg = compose(options.config_dir, options.config_name, options.overrides)
         command = read_command_config(cfg, overrides={"checkpoint": options.checkpoint})
     check_paths(command, need_output=False)
-    # Not export.validation.report: that is the export's own report (a DVC metric), and
-    # rewriting it would make `dvc repro` run the stage again.
+    # Neither export.validation.report nor <stem>.validation.json: those are the export's own
+    # report (a DVC out or metric), and rewriting them would make `dvc repro` run the stage again.
     report_path = Path(
-        options.report or Path(options.file).with_name(f"{Path(options.file).stem}.validation.json")
+        options.report or Path(options.file).with_name(f"{Path(options.file).stem}.revalidation.json")
     )
     check_writable_path("--report", report_path)
     make_parent("--report", report_path)
