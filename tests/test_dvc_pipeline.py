@@ -294,7 +294,7 @@ def test_exp_run_set_opset_17_gives_an_opset_17_model(pipeline: Pipeline):
     latency = json.loads((pipeline.root / "plots" / "latency.json").read_text())
     assert [row["batch_size"] for row in latency] == [1, 4]
     # Parity numbers, not strings, between the opset-18 commit and the opset-17 experiment.
-    diff = json.loads(dvc(pipeline.root, "metrics", "diff", "--json"))["metrics/validation.json"]
+    diff = json.loads(dvc(pipeline.root, "metrics", "diff", "--all", "--json"))["metrics/validation.json"]
     assert {"passed", "tolerance_use", "max_abs_diff_e6"} <= set(diff)
     for key, change in diff.items():
         assert all(isinstance(change[side], (int, float)) for side in ("old", "new")), (key, change)
