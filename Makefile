@@ -25,8 +25,10 @@ test: setup
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
+# BENCH=large adds the 2.3 GB MLP (minutes, ~8 GB of memory); BENCH=all runs every model.
+BENCH ?= default
 bench: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run
+	PATH="$(abspath $(BIN)):$$PATH" BENCH=$(BENCH) $(BIN)/python -m benchmarks.run
 
 lint: setup
 	$(BIN)/ruff check .

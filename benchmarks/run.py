@@ -1,21 +1,24 @@
-"""Benchmark onnxport.export against a bare torch.onnx.export, side by side in one run.
+"""Benchmark onnxport.export against the bare exporter, side by side in one run.
 
-Reports, for a small and a medium (~64 MB) MLP, under each exporter:
+For each model (a small CNN, a TransformerEncoder, a tiny BERT built from a transformers config, a
+64 MB MLP, and with ``BENCH=large`` the 2.3 GB MLP of issue 12) three contenders export the same
+model with the dynamo exporter and a dynamic batch axis:
 
-* wall time of ``torch.onnx.export`` (dynamic batch, one file), of
-  ``onnxport.export`` without validation, and of ``onnxport.export`` with its
-  default validation, as medians over interleaved repeats (the machine is
-  noisy, so only the ratios between columns measured together mean much);
-  each is also given as a ratio to the bare ``torch.onnx.export`` of the same exporter;
-* peak extra memory of one export over the memory held before it, in a fresh
-  process per measurement (RSS high-water mark, and Python allocations seen by
-  tracemalloc), divided by the model's parameter bytes, one column per tool.
-  Under 1 means the weights were not copied. The TorchScript exporter itself
-  peaks near 2x inside torch.onnx, so ``onnxport/ts`` cannot do better than
-  ``torch.onnx/ts``; the dynamo path streams the weights and needs a fixed amount.
+* ``bare``: ``torch.onnx.export(..., dynamic_shapes=batch, external_data=True)``, what a careful
+  user writes for a model of any size (the fair baseline: a self-contained file makes the bare
+  exporter copy the weights into one protobuf, which would flatter onnxport);
+* ``onnxport``: ``onnxport.export`` with validation off;
+* ``onnxport+validate``: ``onnxport.export`` with its default validation.
 
-Run with ``make bench`` (``python -m benchmarks.run``). Prints a table and
-writes ``benchmarks/results.json``.
+Every measurement runs in a fresh process that first warms up on a tiny model (imports and
+first-call caches are not what is measured), builds the model, then times one export and records
+its peak RSS over the loaded model (``/proc/self/clear_refs`` resets the high-water mark). The
+contenders alternate order from one repeat to the next, so drift on this shared machine hits all
+alike; only ratios between columns measured in one run mean much. For each model the published
+file's inference latency is also measured, ONNX Runtime against eager PyTorch, at batch 1 and 32.
+
+Run with ``make bench`` (or ``make bench BENCH=large``). Prints the tables and writes
+``benchmarks/results.json``.
 """
 
 from __future__ import annotations
@@ -24,90 +27,106 @@ import argparse
 import gc
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
-MODELS = {"small": (64, 2), "medium": (2048, 5)}  # (width, hidden layers): ~0.03 MB and ~64 MB
-# tool -> the bare torch.onnx.export its time is compared with (same exporter)
-TOOLS = {
-    "torch.onnx": "torch.onnx",
-    "onnxport": "torch.onnx",
-    "onnxport+validate": "torch.onnx",
-    "torch.onnx/ts": "torch.onnx/ts",
-    "onnxport/ts": "torch.onnx/ts",
-}
-BATCH = 4
+CONTENDERS = ("bare", "onnxport", "onnxport+validate")
+MODELS = ("cnn", "transformer", "bert", "mlp64")
+LARGE = ("mlp2300",)
 RESULTS = Path(__file__).with_name("results.json")
+# Issue 12's goals, as ratios to the bare exporter measured in the same run.
+GOALS = {
+    "onnxport": ("wall", 1.1, "export without validation <= 1.1x the bare exporter's wall time"),
+    "onnxport+validate": ("wall", 1.5, "export with default validation <= 1.5x the bare exporter"),
+}
+MEMORY_GOALS = {  # peak RSS over the loaded model, per weight byte, on the large model
+    "onnxport": 0.1,
+    "onnxport+validate": 1.1,
+}
+LATENCY_BATCHES = (1, 32)
 
 
-def build_mlp(size: str) -> Any:
+# -- models ---------------------------------------------------------------------------------
+
+
+def build(name: str) -> tuple[Any, dict[str, Any]]:
+    """The model (eval mode, seeded) and its example inputs as keyword arguments."""
     import torch
     from torch import nn
 
-    width, depth = MODELS[size]
     torch.manual_seed(0)
-    layers: list[nn.Module] = [nn.Linear(32, width), nn.ReLU()]
-    for _ in range(depth - 1):
-        layers += [nn.Linear(width, width), nn.ReLU()]
-    layers.append(nn.Linear(width, 10))
-    return nn.Sequential(*layers).eval()
+    if name == "cnn":
+        model = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(32, 10),
+        )
+        return model.eval(), {"input": torch.randn(2, 3, 32, 32)}
+    if name == "transformer":
+        layer = nn.TransformerEncoderLayer(d_model=256, nhead=4, dim_feedforward=512, batch_first=True)
+        model = nn.TransformerEncoder(layer, num_layers=4, enable_nested_tensor=False)
+        return model.eval(), {"src": torch.randn(2, 16, 256)}
+    if name == "bert":
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=64,
+        )
+        model = BertModel(config).eval()
+        ids = torch.randint(0, 1000, (2, 16))
+        return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if name in ("mlp64", "mlp2300"):
+        width, depth = (4096, 1) if name == "mlp64" else (12000, 4)
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            layers += [nn.Linear(width, width), nn.ReLU()]
+        return nn.Sequential(*layers[:-1]).eval(), {"input": torch.randn(2, width)}
+    raise ValueError(f"unknown model {name!r}; choose from {MODELS + LARGE}")
 
 
-def parameter_bytes(model: Any) -> int:
+def weight_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-def export_once(tool: str, model: Any, path: Path) -> None:
+# -- one export -----------------------------------------------------------------------------
+
+
+def export_once(contender: str, model: Any, inputs: dict[str, Any], path: Path) -> None:
     import torch
 
-    example = torch.randn(BATCH, 32)
-    if tool == "torch.onnx":
-        # What a careful user writes by hand: dynamo, batch axis dynamic, one self-contained file.
+    if contender == "bare":
+        batch = torch.export.Dim("batch")
         torch.onnx.export(
             model,
-            (example,),
+            (),
             str(path),
-            input_names=["input"],
-            dynamic_shapes={"input": {0: torch.export.Dim("batch")}},
-            external_data=False,
+            kwargs=inputs,
+            input_names=list(inputs),
+            dynamic_shapes={name: {0: batch} for name in inputs},
+            external_data=True,
             verbose=False,
         )
-    elif tool == "torch.onnx/ts":
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            input_names=["input"],
-            dynamic_axes={"input": {0: "batch"}},
-        )
-    else:
-        import onnxport
+        return
+    import onnxport
 
-        validation = {"enabled": tool == "onnxport+validate"}
-        exporter = "torchscript" if tool == "onnxport/ts" else "auto"  # auto: dynamo, the default
-        onnxport.export(model, example, path, exporter=exporter, validation=validation)
-
-
-def time_exports(size: str, repeats: int, workdir: Path) -> dict[str, float]:
-    """Median seconds per tool; tools alternate within each repeat so drift hits all alike."""
-    model = build_mlp(size)
-    for tool in TOOLS:  # warm-up: first-call imports and caches are not what we measure
-        export_once(tool, model, workdir / f"warmup-{size}.onnx")
-    samples: dict[str, list[float]] = {tool: [] for tool in TOOLS}
-    for repeat in range(repeats):
-        order = TOOLS if repeat % 2 == 0 else tuple(reversed(TOOLS))
-        for tool in order:
-            started = time.perf_counter()
-            export_once(tool, model, workdir / f"{size}-{tool.replace('/', '-')}.onnx")
-            samples[tool].append(time.perf_counter() - started)
-    return {tool: statistics.median(times) for tool, times in samples.items()}
+    validation = {"enabled": contender == "onnxport+validate"}
+    onnxport.export(model, inputs, path, exporter="dynamo", validation=validation)
 
 
 def _status_kb(field: str) -> int:
@@ -117,80 +136,184 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
-def measure_memory(tool: str, size: str) -> dict[str, float]:
-    """Peak extra memory of one export, measured in this (fresh) process."""
+def measure(contender: str, name: str) -> dict[str, float]:
+    """Wall time and peak RSS of one export, in this (fresh) process."""
+    import torch
+
     with tempfile.TemporaryDirectory() as tmp:
-        export_once(tool, build_mlp("small"), Path(tmp) / "warmup.onnx")  # load every library first
-        model = build_mlp(size)
+        warm = torch.nn.Linear(4, 2).eval()
+        export_once(contender, warm, {"input": torch.randn(2, 4)}, Path(tmp) / "warmup.onnx")
+        model, inputs = build(name)
         gc.collect()
         baseline_kb = _status_kb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # reset the RSS high-water mark (Linux)
-        tracemalloc.start()
-        export_once(tool, model, Path(tmp) / "model.onnx")
-        _, traced_peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        started = time.perf_counter()
+        export_once(contender, model, inputs, Path(tmp) / "model.onnx")
+        wall = time.perf_counter() - started
         peak_kb = _status_kb("VmHWM")
-        file_bytes = (Path(tmp) / "model.onnx").stat().st_size
-    weights = parameter_bytes(model)
+    weights = weight_bytes(model)
     return {
-        "param_mb": weights / 2**20,
-        "file_mb": file_bytes / 2**20,
+        "wall_s": wall,
         "rss_extra_mb": (peak_kb - baseline_kb) / 1024,
-        "rss_extra_x_params": (peak_kb - baseline_kb) * 1024 / weights,
-        "traced_peak_mb": traced_peak / 2**20,
+        "rss_extra_x_weights": (peak_kb - baseline_kb) * 1024 / weights,
+        "weights_mb": weights / 2**20,
     }
 
 
-def memory_in_subprocess(tool: str, size: str) -> dict[str, float]:
-    command = [sys.executable, "-m", "benchmarks.run", "--memory", tool, size]
-    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+def measure_in_subprocess(contender: str, name: str) -> dict[str, float]:
+    command = [sys.executable, "-m", "benchmarks.run", "--measure", contender, name]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    if done.returncode != 0:
+        tail = " ".join(done.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"{contender} on {name} failed: {tail}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def print_table(results: dict[str, Any]) -> None:
-    print("\nWall time (median seconds; ratio to torch.onnx.export of the same exporter, same run)")
-    print(f"{'model':<8}{'params MB':>10}" + "".join(f"{tool:>20}" for tool in TOOLS))
-    for size, row in results["time"].items():
-        cells = "".join(f"{f'{row[t]:.2f} ({row[t] / row[base]:.2f}x)':>20}" for t, base in TOOLS.items())
-        print(f"{size:<8}{results['param_mb'][size]:>10.2f}{cells}")
-    print(
-        "\nPeak extra memory during one export per parameter byte, fresh process each "
-        "(RSS high-water mark over baseline, MB in brackets)"
-    )
-    print(f"{'model':<8}{'params MB':>10}" + "".join(f"{tool:>20}" for tool in TOOLS))
-    for size, by_tool in results["memory"].items():
+# -- inference latency of the published file ------------------------------------------------
+
+
+def latency(name: str, runs: int = 20) -> dict[str, dict[str, float]]:
+    """Median ms per call at batch 1 and 32: ONNX Runtime on the published file, and eager torch."""
+    import onnxruntime
+    import torch
+
+    import onnxport
+
+    model, inputs = build(name)
+    timings: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        result = onnxport.export(model, inputs, Path(tmp) / "model.onnx", validation={"enabled": False})
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
+        for batch in LATENCY_BATCHES:
+            feed = {k: torch.cat([v] * batch)[:batch] for k, v in inputs.items()}  # rows of the example
+            numpy_feed = {i.name: feed[i.name].numpy() for i in session.get_inputs()}
+            with torch.inference_mode():
+                eager = _median_ms(lambda feed=feed: model(**feed), runs)
+            ort = _median_ms(lambda numpy_feed=numpy_feed: session.run(None, numpy_feed), runs)
+            timings[f"batch{batch}"] = {"ort_ms": ort, "eager_ms": eager, "ort_over_eager": ort / eager}
+    return timings
+
+
+def _median_ms(call: Any, runs: int) -> float:
+    call()  # first call pays for allocation and kernel selection
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def run_model(name: str, repeats: int) -> dict[str, Any]:
+    samples: dict[str, list[dict[str, float]]] = {c: [] for c in CONTENDERS}
+    for repeat in range(repeats):
+        order = CONTENDERS if repeat % 2 == 0 else tuple(reversed(CONTENDERS))
+        for contender in order:
+            samples[contender].append(measure_in_subprocess(contender, name))
+            print(f"  {name} {contender}: {samples[contender][-1]['wall_s']:.2f} s", flush=True)
+    row: dict[str, Any] = {"weights_mb": samples["bare"][0]["weights_mb"]}
+    for contender, runs in samples.items():
+        row[contender] = {
+            "wall_s": statistics.median(r["wall_s"] for r in runs),
+            "rss_extra_mb": statistics.median(r["rss_extra_mb"] for r in runs),
+            "rss_extra_x_weights": statistics.median(r["rss_extra_x_weights"] for r in runs),
+        }
+    for contender in CONTENDERS:
+        row[contender]["wall_x_bare"] = row[contender]["wall_s"] / row["bare"]["wall_s"]
+    return row
+
+
+def goals(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for contender, (_, limit, text) in GOALS.items():
+        for name, row in results["models"].items():
+            ratio = row[contender]["wall_x_bare"]
+            lines.append(f"{'holds' if ratio <= limit else 'MISSED':>6}  {text}: {name} {ratio:.2f}x")
+    for contender, limit in MEMORY_GOALS.items():
+        for name in LARGE:
+            if name in results["models"]:
+                ratio = results["models"][name][contender]["rss_extra_x_weights"]
+                lines.append(
+                    f"{'holds' if ratio <= limit else 'MISSED':>6}  peak memory of {contender} <= "
+                    f"{limit}x the weights: {name} {ratio:.2f}x"
+                )
+    return lines
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    print(f"\nmachine: {results['machine']}")
+    print("\nExport: median wall seconds (ratio to bare) and peak RSS over the loaded model (x weights)")
+    header = f"{'model':<12}{'weights MB':>11}" + "".join(f"{c:>34}" for c in CONTENDERS)
+    print(header)
+    for name, row in results["models"].items():
+        cells = "".join(_export_cell(row[c]) for c in CONTENDERS)
+        print(f"{name:<12}{row['weights_mb']:>11.1f}{cells}")
+    print("(xW, per weight byte, means something only where the weights dwarf fixed costs: the MLPs)")
+    print("\nInference latency of the published file: median ms (ONNX Runtime / eager PyTorch)")
+    print(f"{'model':<12}" + "".join(f"{f'batch {b}':>30}" for b in LATENCY_BATCHES))
+    for name, row in results["latency"].items():
         cells = "".join(
-            f"{row['rss_extra_x_params']:.2f}x ({row['rss_extra_mb']:.0f})".rjust(20)
-            for row in by_tool.values()
+            f"{row[f'batch{b}']['ort_ms']:8.2f} / {row[f'batch{b}']['eager_ms']:8.2f} "
+            f"({row[f'batch{b}']['ort_over_eager']:.2f}x)".rjust(30)
+            for b in LATENCY_BATCHES
         )
-        print(f"{size:<8}{results['param_mb'][size]:>10.2f}{cells}")
-    print("(per parameter byte means something only where the weights dwarf fixed costs: the medium model.)")
+        print(f"{name:<12}{cells}")
+    print("\nGoals (issue 12)")
+    for line in goals(results):
+        print(line)
+
+
+def _export_cell(cell: dict[str, float]) -> str:
+    memory = f"+{cell['rss_extra_mb']:.0f}MB={cell['rss_extra_x_weights']:.2f}xW"
+    return f"{cell['wall_s']:.2f}s {cell['wall_x_bare']:.2f}x {memory}".rjust(34)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed exports per tool and model")
-    parser.add_argument("--memory", nargs=2, metavar=("TOOL", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="fresh-process exports per contender and model"
+    )
+    parser.add_argument(
+        "--models",
+        default=os.environ.get("BENCH", "default"),
+        help="'default' (cnn, transformer, bert, mlp64), 'large' (the 2.3 GB MLP), 'all', or a comma list",
+    )
+    parser.add_argument("--measure", nargs=2, metavar=("CONTENDER", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-
-    if args.memory:  # child process: one measurement, one JSON line
-        print(json.dumps(measure_memory(*args.memory)))
-        return 0
 
     import logging
     import warnings
 
-    logging.disable(logging.WARNING)  # exporter chatter (and TorchScript's deprecation) would bury the table
+    logging.disable(logging.WARNING)  # exporter chatter would bury the table
     warnings.simplefilter("ignore")
-    results: dict[str, Any] = {"time": {}, "memory": {}, "param_mb": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for size in MODELS:
-            results["param_mb"][size] = parameter_bytes(build_mlp(size)) / 2**20
-            results["time"][size] = time_exports(size, args.repeats, Path(tmp))
-    for size in MODELS:
-        results["memory"][size] = {tool: memory_in_subprocess(tool, size) for tool in TOOLS}
-    print_table(results)
+    if args.measure:  # child process: one measurement, one JSON line
+        print(json.dumps(measure(*args.measure)))
+        return 0
+
+    chosen = {"default": MODELS, "large": LARGE, "all": MODELS + LARGE}.get(args.models)
+    names = chosen or tuple(args.models.split(","))
+    repeats = {name: 1 if name in LARGE else args.repeats for name in names}
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "models": {},
+        "latency": {},
+    }
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for name in names:
+        print(f"{name}:", flush=True)
+        results["models"][name] = run_model(name, repeats[name])
+        results["latency"][name] = latency(name, runs=5 if name in LARGE else 20)
+    print_tables(results)
+    # Keep the other selection's rows: `make bench` and `make bench BENCH=large` fill one file.
+    for key in ("models", "latency"):
+        results[key] = {**previous.get(key, {}), **results[key]}
+    results["goals"] = goals(results)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {RESULTS}")
     return 0

@@ -15,7 +15,7 @@ def compose(overrides: Sequence[str] = (), config_dir: str | Path = CONFIG_DIR) 
     """The composed and resolved pipeline config, with no stage bookkeeping."""
     from omegaconf import OmegaConf
 
-    from onnxport.stage import compose_config
+    from onnxport.hydra_config import compose as compose_config
 
     cfg = compose_config(config_dir, CONFIG_NAME, overrides)
     OmegaConf.resolve(cfg)  # as DVC does before writing params.yaml
@@ -31,7 +31,7 @@ def stage_config(overrides: Sequence[str] = ()) -> DictConfig:
     """
     from onnxport.stage import resolve_stage_config
 
-    return resolve_stage_config(compose(overrides))
+    return resolve_stage_config(compose(overrides), overrides)
 
 
 if __name__ == "__main__":  # python -m pipelines.config: refresh params.yaml after editing conf/

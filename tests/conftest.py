@@ -146,3 +146,61 @@ def git_repo(tmp_path: Path) -> Path:
     subprocess.run(["git", "config", "user.email", "tests@onnxport.invalid"], cwd=repo, check=True)
     subprocess.run(["git", "config", "user.name", "onnxport-tests"], cwd=repo, check=True)
     return repo
+
+
+# -- a project laid out like the lightning-hydra-template (tests/template/) -----------------------
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "template"
+
+
+def _forget_template_modules() -> None:
+    """Drop the template's ``src`` package from ``sys.modules``: each copy must import its own files."""
+    import sys
+
+    for name in [name for name in sys.modules if name == "src" or name.startswith("src.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def template_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh copy of ``tests/template/``: a lightning-hydra-template-shaped project on digits.
+
+    The copy (``configs/``, ``src/``, ``.project-root``) is the working directory, is first on
+    ``sys.path`` (so ``src.models...`` targets import, as the template's ``rootutils`` arranges) and
+    is ``PROJECT_ROOT``. Nothing is trained: see :func:`compose_template` and ``src/train.py``.
+    """
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(TEMPLATE_DIR, project, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+    _forget_template_modules()
+    monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.setenv("PROJECT_ROOT", str(project))
+    yield project
+    _forget_template_modules()
+
+
+def compose_template(project: Path, overrides: list[str] | tuple[str, ...] = ()):
+    """``configs/train.yaml`` of a template project, composed as its tests compose it, ready for
+    ``src.train.train(cfg)`` in this process.
+
+    As the template's own ``tests/conftest.py`` does: ``return_hydra_config=True``, ``paths.output_dir``
+    set to ``<project>/logs/train/runs/test`` (``${hydra:runtime.output_dir}`` is only set by
+    ``@hydra.main``), ``HydraConfig`` set; colorlog logging swapped for Hydra's default (hydra-colorlog
+    is not installed here), one CPU epoch, no config printing.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    base = ["hydra/hydra_logging=default", "hydra/job_logging=default", "trainer.max_epochs=1"]
+    with initialize_config_dir(config_dir=str(project / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train.yaml", return_hydra_config=True, overrides=[*base, *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(project / "logs" / "train" / "runs" / "test")
+        cfg.hydra.runtime.output_dir = cfg.paths.output_dir
+        cfg.extras.print_config = False
+        cfg.extras.enforce_tags = False
+    HydraConfig().set_config(cfg)
+    return cfg

@@ -128,12 +128,18 @@ def test_state_dict_round_trip_and_state_key_follow_output():
 
 
 def test_hydra_config_instantiates_the_callback():
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf" / "callbacks"), version_base="1.3"):
-        cfg = compose("onnx_export", overrides=["onnx_export.ckpt_path=best", "onnx_export.config.opset=17"])
-    callback = instantiate(cfg.onnx_export)
+    from onnxport.hydra_config import register_configs
+
+    register_configs()  # the callback config ships in the package, in Hydra's ConfigStore
+    with initialize(version_base="1.3"):
+        cfg = compose(
+            "callbacks/onnx_export",
+            overrides=["callbacks.onnx_export.ckpt_path=best", "callbacks.onnx_export.config.opset=17"],
+        )
+    callback = instantiate(cfg.callbacks.onnx_export)
     assert isinstance(callback, OnnxExportCallback)
     assert (callback.ckpt_path, callback.on_error, callback.output) == ("best", "raise", None)
     assert callback.config.opset == 17
@@ -154,7 +160,7 @@ def test_hydra_callback_can_take_the_whole_export_config_unmixed():
             ],
         )
     callback = instantiate(cfg.callbacks.onnx_export)
-    # Nothing from conf/callbacks/onnx_export.yaml (opset 18, atol 1e-4) overrides what conf/export says.
+    # Nothing from the packaged callback config (opset 18, atol 1e-4) overrides what conf/export says.
     assert (callback.config.opset, callback.config.validation.atol) == (17, 0.01)
     assert callback.config.output_names == ["logits"]
     assert [spec.name for spec in callback.config.inputs] == ["image"]
@@ -321,7 +327,7 @@ def test_failed_export_warns_or_raises_and_never_writes_the_output(tmp_path):
 def test_best_and_last_checkpoints_export_their_weights_and_leave_the_module_alone(tmp_path):
     import onnx
 
-    from onnxport.load import file_sha256
+    from onnxport.hashing import file_sha256
     from onnxport.provenance import weights_sha256
 
     module = Regressor(lr=0.5)
@@ -485,3 +491,108 @@ def test_ddp_rank_zero_failure_ends_every_rank_promptly(tmp_path):
     assert "ParityError" in (tmp_path / "rank0.error").read_text()
     assert "global rank 0 failed" in (tmp_path / "rank1.error").read_text()
     assert not (tmp_path / "model.onnx").exists()
+
+
+# -- checkpoints as users have them: template projects, fsspec paths, hostile files ------------
+
+
+@pytest.mark.slow
+def test_template_project_exports_its_best_checkpoint_with_no_trust_flag(template_project, caplog):
+    """Issue 9's headline: a lightning-hydra-template project, the callback added in its config."""
+    from src.models.digits_module import DigitsLitModule
+    from src.train import train
+
+    from conftest import compose_template
+
+    output = template_project / "model.onnx"
+    cfg = compose_template(
+        template_project,
+        [
+            "trainer.max_epochs=3",
+            "test=False",
+            # The lowest accuracy is "best", so the best weights are surely not the final ones.
+            "callbacks.model_checkpoint.mode=min",
+            "+callbacks.onnx_export._target_=onnxport.OnnxExportCallback",
+            "+callbacks.onnx_export.ckpt_path=best",
+            f"+callbacks.onnx_export.output={output}",
+            "+callbacks.onnx_export.validation.latency_runs=0",
+        ],
+    )
+    with caplog.at_level(logging.INFO):
+        _, objects = train(cfg)
+
+    (callback,) = [cb for cb in objects["callbacks"] if isinstance(cb, OnnxExportCallback)]
+    assert callback.trust_checkpoint is False
+    assert callback.last_result.validation.passed and output.is_file()
+    best_path = objects["trainer"].checkpoint_callback.best_model_path
+    # Trusted here only because this test wrote the file: the reference the export must match.
+    best = DigitsLitModule.load_from_checkpoint(best_path, weights_only=False).eval()
+    images = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    (ort_logits,) = run_onnx(output, {"x": images.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(ort_logits, best(images).numpy(), atol=1e-4, rtol=1e-3)
+        final = objects["model"].eval()(images).numpy()
+    assert not np.allclose(ort_logits, final, atol=1e-3)  # the best epoch, not the last weights
+    # Progress, phase by phase, through Lightning's rank-zero log.
+    assert f"OnnxExportCallback: loaded the weights of {best_path}" in caplog.text
+    assert "OnnxExportCallback: example inputs from the first train batch" in caplog.text
+
+
+@pytest.mark.slow
+def test_ckpt_path_is_opened_through_fsspec(tmp_path):
+    import fsspec
+
+    saved = ModelCheckpoint(tmp_path / "ckpt", save_last=True)
+    make_trainer(tmp_path, [saved], enable_checkpointing=True).fit(Regressor(lr=0.5), regression_data())
+    url = "memory://onnxport-tests/remote.ckpt"
+    with fsspec.open(url, "wb") as remote:
+        remote.write(Path(saved.last_model_path).read_bytes())
+    reference = Regressor()
+    reference.load_state_dict(torch.load(saved.last_model_path, weights_only=True)["state_dict"])
+
+    callback = OnnxExportCallback(tmp_path / "model.onnx", ckpt_path=url, validation=FAST_VALIDATION)
+    make_trainer(tmp_path / "second", [callback]).fit(Regressor(lr=0.0), regression_data(n=4))
+    assert onnx_matches(tmp_path / "model.onnx", reference, PROBE)
+    assert not onnx_matches(tmp_path / "model.onnx", Regressor(), PROBE)
+
+
+class _Payload:
+    def __init__(self, call, *args) -> None:
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+def test_a_payload_checkpoint_never_runs_through_the_callback(tmp_path):
+    marker = tmp_path / "PAYLOAD_RAN"
+    evil = tmp_path / "evil.ckpt"
+    state = {"state_dict": Regressor().state_dict(), "pytorch-lightning_version": pl.__version__}
+    torch.save({**state, "hyper_parameters": {"x": _Payload(os.system, f"touch {marker}")}}, evil)
+    callback = OnnxExportCallback(tmp_path / "model.onnx", ckpt_path=evil)
+    trainer = make_trainer(tmp_path, [callback], max_steps=1)
+    with pytest.raises(CheckpointError, match=r"refused: unpickling it would call posix\.system") as caught:
+        trainer.fit(Regressor(), regression_data(n=4))
+    assert "\n" not in str(caught.value) and "corrupt" not in str(caught.value)
+    assert not marker.exists() and not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("flag", ["false", 0, None])
+def test_trust_checkpoint_must_be_a_real_bool(flag):
+    with pytest.raises(ConfigError, match=r"trust_checkpoint=.* not a bool"):
+        OnnxExportCallback("model.onnx", trust_checkpoint=flag)
+
+
+def test_a_directory_as_ckpt_path_says_so(tmp_path):
+    callback = OnnxExportCallback(tmp_path / "model.onnx", ckpt_path=tmp_path)
+    with pytest.raises(CheckpointError, match="is a directory"):
+        make_trainer(tmp_path, [callback], max_steps=1).fit(Regressor(), regression_data(n=4))
+
+
+def test_fast_dev_run_exports_nothing(tmp_path, caplog):
+    callback = OnnxExportCallback(tmp_path / "model.onnx", every_n_epochs=1)
+    trainer = make_trainer(tmp_path, [callback], fast_dev_run=True)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(Regressor(), regression_data(n=4), regression_data(n=4))
+    assert callback.last_result is None and not (tmp_path / "model.onnx").exists()
+    assert "no export under fast_dev_run" in caplog.text

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from onnxport.config import ExportConfig, config_reference
+from onnxport.config import OPSET_RANGES, REFERENCE_SECTIONS, ExportConfig, config_reference, option_rows
 from onnxport.errors import ConfigError
 
 
@@ -51,4 +55,61 @@ def test_reference_documents_every_field():
     reference = config_reference()
     for key in ("export.opset", "export.validation.on_mismatch", "export.inputs[].dtype"):
         assert f"`{key}`" in reference
-    assert "| |" not in reference.replace("| `` |", "")  # every row has a description
+    rows = [line for line in reference.splitlines() if line.startswith("| `")]
+    assert len(rows) == sum(len(dataclasses.fields(cls)) for cls, _ in REFERENCE_SECTIONS)
+    undocumented = [row for row in rows if row.rstrip().endswith("|  |")]
+    assert not undocumented  # an empty meaning cell renders as "|  |"
+
+
+def test_the_documentation_check_catches_an_undocumented_field():
+    @dataclasses.dataclass
+    class Partly:
+        documented: int = 0
+        """Has a meaning."""
+        bare: int = 0
+
+    rows = option_rows(Partly, "x.")
+    assert rows == [("x.documented", "0", "Has a meaning."), ("x.bare", "0", "")]
+
+
+CONF_EXPORT = Path(__file__).resolve().parents[1] / "conf" / "export" / "default.yaml"
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): data}
+
+
+def test_conf_export_holds_only_values_that_differ_from_the_schema():
+    import yaml
+
+    declared = {k: v for k, v in (yaml.safe_load(CONF_EXPORT.read_text()) or {}).items() if k != "defaults"}
+    assert declared, "conf/export/default.yaml sets nothing: drop it or keep a value that differs"
+    defaults = _leaves(ExportConfig().to_dict())
+    restated = {
+        key: value for key, value in _leaves(declared).items() if defaults.get(key, object()) == value
+    }
+    assert not restated, f"equal to the ExportConfig default, remove from {CONF_EXPORT.name}: {restated}"
+
+
+def test_opset_ranges_match_the_installed_torch():
+    # Kept as constants so a bad opset fails before torch is imported; pinned to torch's own.
+    from torch.onnx import _constants
+
+    assert OPSET_RANGES["torchscript"] == (
+        _constants.ONNX_MIN_OPSET,
+        _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET,
+    )
+    assert OPSET_RANGES["dynamo"][1] == _constants.ONNX_MAX_OPSET
+
+
+@pytest.mark.parametrize("exporter, opset", [("torchscript", 21), ("auto", 99), ("dynamo", 6)])
+def test_an_opset_outside_the_exporters_range_is_a_config_error(exporter, opset):
+    with pytest.raises(ConfigError, match=f"export.opset={opset} cannot be produced by the {exporter}"):
+        ExportConfig.coerce(None, exporter=exporter, opset=opset)
+
+
+def test_unknown_keys_name_the_closest_valid_key():
+    with pytest.raises(ConfigError, match=r"unknown key export.opst; did you mean export.opset\?"):
+        ExportConfig.coerce(None, opst=17)

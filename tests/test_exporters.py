@@ -11,8 +11,9 @@ from torch import nn
 from conftest import Mysterious, TinyCNN, TinyMLP, TokenClassifier, run_onnx
 from onnxport.config import ExportConfig
 from onnxport.errors import ConfigError, ExportError, InputError, UnsupportedOperatorError
-from onnxport.exporters import preserved_state, run_exporter, supported_opsets
+from onnxport.exporters import causes, run_exporter, supported_opsets
 from onnxport.inputs import prepare_inputs
+from onnxport.model_state import preserved_state
 
 # -- operators for the fallback and unsupported-operator cases --------------------------------
 # Real torch.library ops: one only TorchScript can translate (a symbolic is registered),
@@ -273,3 +274,44 @@ def test_auto_falls_back_when_dynamo_cannot_reach_the_opset(tmp_path):
     run = export(TinyMLP().eval(), torch.randn(2, 4), path, opset=13)
     assert run.exporter == "torchscript" and opset_of(path) == 13
     assert "dynamo failed: export.opset=13 could not be produced" in run.fallback_reason
+
+
+# -- torch's errors, recognised by type --------------------------------------------------------
+
+
+def test_the_torch_messages_onnxport_reads_are_pinned():
+    """Two texts are read from torch's typed errors, as a last resort: if torch rewords them, this fails."""
+    from torch.onnx._internal.exporter._errors import DispatchError, TorchExportError
+
+    with pytest.raises(TorchExportError) as error:  # the specialised axis: a ValueError under it
+        torch.onnx.export(
+            FixedBatch().eval(), (torch.randn(2, 4),), dynamo=True, dynamic_shapes={"x": {0: "batch"}}
+        )
+    texts = [str(cause) for cause in causes(error.value)]
+    assert any("static shape of 2 for dimension inputs['x'].shape[0]" in text for text in texts)
+
+    with pytest.raises(torch.onnx.errors.OnnxExporterError) as error:  # no ONNX function for an op
+        torch.onnx.export(Mysterious().eval(), (torch.randn(2, 4),), dynamo=True)
+    (dispatch,) = [cause for cause in causes(error.value) if isinstance(cause, DispatchError)]
+    assert "No ONNX function found for <OpOverload(op='onnxport_tests.mystery'" in str(dispatch)
+
+
+class CrashesWhileTracing(nn.Module):
+    """Runs eagerly; raises a KeyError (no torch error) only while TorchScript traces it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():
+            raise KeyError("a bug, not an unsupported model")
+        return x + 1
+
+
+def test_a_crash_onnxport_does_not_recognise_is_raised_as_it_is(tmp_path):
+    # Not dressed up as an ExportError (exit 2): the CLI reports it as unexpected (exit 3).
+    with pytest.raises(KeyError, match="a bug"):
+        export(CrashesWhileTracing(), torch.randn(2, 4), tmp_path / "crash.onnx", exporter="torchscript")
+
+
+def test_fix_hints_name_only_options_onnxport_passes(tmp_path):
+    with pytest.raises(UnsupportedOperatorError) as error:
+        export(Mysterious(), torch.randn(2, 4), tmp_path / "m.onnx", exporter="dynamo")
+    assert "custom_translation_table" not in str(error.value) and "report=True" not in str(error.value)

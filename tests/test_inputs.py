@@ -114,11 +114,35 @@ def test_no_inputs_uses_the_lightning_style_example_input_array():
     assert inputs.tensors()[0].shape == (3, 4)
 
 
-def test_example_input_array_comes_before_the_config_spec():
-    # Issue 2's order for the library; the Lightning callback applies its own (spec first).
+def test_the_config_spec_comes_before_example_input_array():
+    # An explicit setting (export.inputs) beats an attribute of the model, in every door.
     inputs = prepare(WithExampleArray(), None, inputs=[{"name": "x", "shape": [2, 4]}])
-    assert inputs.tensors()[0].shape == (3, 4)
-    assert torch.equal(inputs.tensors()[0], torch.ones(3, 4))
+    assert inputs.tensors()[0].shape == (2, 4)
+    assert not torch.equal(inputs.tensors()[0], torch.ones(2, 4))
+
+
+def test_given_inputs_come_before_the_config_spec():
+    inputs = prepare(WithExampleArray(), torch.zeros(5, 4), inputs=[{"name": "x", "shape": [2, 4]}])
+    assert torch.equal(inputs.tensors()[0], torch.zeros(5, 4))
+
+
+def test_one_function_orders_given_spec_attribute_then_the_doors_fallback():
+    from onnxport.config import ExportConfig
+    from onnxport.inputs import choose_example_inputs
+
+    spec = ExportConfig.coerce(None, inputs=[{"name": "x", "shape": [2, 4]}])
+    bare = ExportConfig()
+    first_batch = lambda: torch.full((6, 4), 7.0)  # noqa: E731
+    model = WithExampleArray()
+    choose = choose_example_inputs
+    assert choose(model, torch.zeros(1, 4), spec, fallback=first_batch)[1] == "given"
+    assert choose(model, None, spec, fallback=first_batch)[1] == "export.inputs"
+    assert choose(model, None, bare, fallback=first_batch)[1] == "example_input_array"
+    model.example_input_array = None
+    chosen, source = choose(model, None, bare, fallback=first_batch, fallback_source="the first train batch")
+    assert source == "the first train batch" and torch.equal(chosen, torch.full((6, 4), 7.0))
+    with pytest.raises(InputError, match="no example inputs for WithExampleArray"):
+        choose(model, None, bare)
 
 
 def test_no_inputs_uses_the_config_spec_with_integer_ranges():

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import importlib
+import io
+import os
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import LightningModule
 from torch import nn
 
 from conftest import TinyMLP
-from onnxport.errors import CheckpointError, InputError
-from onnxport.load import file_sha256, load_model
+from onnxport.errors import CheckpointError, ConfigError, InputError
+from onnxport.hashing import file_sha256
+from onnxport.load import load_model, read_state_dict
 
 # TorchScript is deprecated upstream but still what users have on disk.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
@@ -320,19 +327,221 @@ def test_corrupt_or_truncated_file_is_one_line_naming_the_path(mlp, mlp_input, t
     assert "\n" not in str(caught.value)
 
 
-def test_pickled_module_needs_the_trust_flag(mlp, tmp_path):
+def test_pickled_module_without_a_model_names_both_ways_out(mlp, tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(mlp, path)
-    with pytest.raises(
-        CheckpointError, match=r"needs full unpickling \(it stores conftest\.TinyMLP\)"
-    ) as caught:
+    with pytest.raises(CheckpointError, match=r"holds a pickled conftest\.TinyMLP object") as caught:
         load_model(path)
-    assert "trust_checkpoint=True" in caught.value.fix
+    assert "model=" in caught.value.fix and "trust_checkpoint" in caught.value.fix
     assert "\n" not in str(caught.value)
 
     loaded = load_model(path, trust_checkpoint=True)
     assert isinstance(loaded, TinyMLP)
     assert_same_weights(loaded, mlp)
+
+
+def test_pickled_module_weights_load_into_a_given_model_without_trust(mlp, tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save({"model": mlp, "epoch": 3}, path)  # a training script's dict holding the module
+    assert_same_weights(load_model(path, model=TinyMLP()), mlp)
+    torch.save(mlp, path)
+    assert_same_weights(load_model(path, model_class=TinyMLP), mlp)
+    assert_same_weights(_into(read_state_dict(path)), mlp)
+
+
+def _into(state_dict) -> TinyMLP:
+    model = TinyMLP()
+    model.load_state_dict(state_dict)
+    return model
+
+
+# ---- what a checkpoint pickles besides weights: read inertly, never run ----
+
+
+@dataclasses.dataclass
+class Settings:
+    name: str = "digits"
+
+
+class HydraLit(LightningModule):
+    """Like the lightning-hydra-template's module: everything built by Hydra lands in hparams."""
+
+    def __init__(self, net: nn.Module, optimizer, scheduler=None, settings=None, hook=None) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return self.hparams.optimizer(params=self.parameters())
+
+
+HYDRA_LIT_CONFIG = {
+    "_target_": "test_load.HydraLit",
+    "net": {"_target_": "conftest.TinyMLP", "hidden": 6},
+    "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+    "scheduler": {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 1},
+    "settings": {"_target_": "test_load.Settings", "name": "digits"},
+}
+
+
+@pytest.fixture(scope="module")
+def hydra_ckpt(tmp_path_factory) -> tuple[Path, nn.Module]:
+    """A real Trainer's checkpoint of a module whose hparams hold Hydra partials, a module, a dataclass."""
+    from hydra.utils import instantiate
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    model = instantiate(HYDRA_LIT_CONFIG, hook=functools.partial(print, "never"))
+    data = torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    root = tmp_path_factory.mktemp("hydra_lit")
+    trainer = Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[ModelCheckpoint(dirpath=root, save_last=True)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
+    return root / "last.ckpt", model
+
+
+def test_hydra_checkpoint_is_one_torch_weights_only_refuses(hydra_ckpt):
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(hydra_ckpt[0])
+    assert "hydra._internal.target_policy._DeferredTarget" in unsafe
+    assert "test_load.Settings" in unsafe and "functools.partial" in unsafe
+
+
+def test_hydra_checkpoint_weights_load_into_the_model_node_without_trust(hydra_ckpt):
+    path, trained = hydra_ckpt
+    loaded = load_model(path, model=HYDRA_LIT_CONFIG)
+    assert type(loaded) is HydraLit
+    assert_same_weights(loaded, trained)
+    assert_same_weights(_into_net(read_state_dict(path)), trained)
+
+
+def _into_net(state_dict) -> HydraLit:
+    from hydra.utils import instantiate
+
+    model = instantiate(HYDRA_LIT_CONFIG)
+    model.load_state_dict(state_dict)
+    return model
+
+
+def test_hydra_checkpoint_with_only_its_class_names_both_ways_out(hydra_ckpt):
+    path, trained = hydra_ckpt
+    with pytest.raises(CheckpointError, match="needs its pickled hyper-parameters") as caught:
+        load_model(path, model_class=HydraLit)
+    message = str(caught.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert "model=" in message and "trust_checkpoint" in message
+    assert "_DeferredTarget" in message or "Settings" in message or "TinyMLP" in message
+
+    assert_same_weights(load_model(path, model_class=HydraLit, trust_checkpoint=True), trained)
+
+
+class Payload:
+    """Unpickling this calls ``call(*args)``: the classic pickle attack."""
+
+    def __init__(self, call, *args) -> None:
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+def _payload_checkpoint(tmp_path: Path, payload: Payload) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "evil.ckpt"
+    checkpoint = {
+        "state_dict": TinyMLP().state_dict(),
+        "pytorch-lightning_version": "2.6.6",
+        "hyper_parameters": {"hidden": 8, "evil": payload},
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("attack", ["os.system", "builtins.exec"])
+def test_a_code_running_payload_is_refused_and_never_runs(tmp_path, attack):
+    marker = tmp_path / "PAYLOAD_RAN"
+    if attack == "os.system":
+        payload = Payload(os.system, f"touch {marker}")
+    else:
+        payload = Payload(exec, f"open({str(marker)!r}, 'w').close()")
+    path = _payload_checkpoint(tmp_path, payload)
+
+    for load in (
+        lambda: load_model(path, model=TinyMLP()),
+        lambda: load_model(path, model_class=TinyMLP),
+        lambda: read_state_dict(path),
+    ):
+        with pytest.raises(CheckpointError, match=r"is refused: unpickling it would call") as caught:
+            load()
+        message = str(caught.value)
+        assert "is blocked" in message and ("posix.system" in message or "builtins.exec" in message)
+        assert "corrupt" not in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_a_payload_outside_the_blocked_modules_stays_an_inert_placeholder(tmp_path):
+    marker = tmp_path / "PAYLOAD_RAN"
+    path = _payload_checkpoint(tmp_path, Payload(io.open, str(marker), "w"))  # would create the file
+    torch.manual_seed(0)
+    saved = TinyMLP()
+    assert_same_weights(load_model(path, model=TinyMLP()), saved)
+    with pytest.raises(CheckpointError, match=r"needs its pickled hyper-parameters \(io\.open\)"):
+        load_model(path, model_class=LitClassifier_lightning_pytorch)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("flag", ["false", "0", 0, 1, None, "True"])
+def test_trust_checkpoint_accepts_only_a_real_bool(weights, flag):
+    path, _ = weights
+    with pytest.raises(ConfigError, match=r"trust_checkpoint=.* not a bool"):
+        load_model(path, model=TinyMLP(), trust_checkpoint=flag)
+    with pytest.raises(ConfigError, match=r"trust_checkpoint=.* not a bool"):
+        read_state_dict(path, trust_checkpoint=flag)
+
+
+def test_a_directory_given_as_checkpoint_says_so(tmp_path):
+    with pytest.raises(CheckpointError, match="is a directory") as caught:
+        load_model(tmp_path, model=TinyMLP())
+    assert "does not exist" not in str(caught.value)
+
+
+def test_torch_weights_only_refusals_are_named_not_called_corrupt(tmp_path):
+    # Pins the torch 2.13 wording _refused_global depends on (TORCH_FORCE_WEIGHTS_ONLY_LOAD path).
+    from onnxport.load import _refused_global
+
+    marker = tmp_path / "PAYLOAD_RAN"
+    blocked = _payload_checkpoint(tmp_path, Payload(os.system, f"touch {marker}"))
+    with pytest.raises(pickle.UnpicklingError) as caught:
+        torch.load(blocked, weights_only=True)
+    assert _refused_global(str(caught.value)) == "posix.system"
+    torch.save({"opt": torch.optim.SGD}, tmp_path / "opt.pt")
+    with pytest.raises(pickle.UnpicklingError) as caught:
+        torch.load(tmp_path / "opt.pt", weights_only=True)
+    assert _refused_global(str(caught.value)) == "torch.optim.sgd.SGD"
+    assert not marker.exists()
+
+
+def test_read_state_dict_reads_fsspec_urls(weights):
+    import fsspec
+
+    path, model = weights
+    with fsspec.open("memory://onnxport-tests/weights.pt", "wb") as handle:
+        handle.write(path.read_bytes())
+    assert_same_weights(_into(read_state_dict("memory://onnxport-tests/weights.pt")), model)
 
 
 # ---- file_sha256 ----

@@ -16,7 +16,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from onnxport.cli import model_from_config
+from onnxport.hydra_config import model_from_config
 from pipelines.config import compose
 from pipelines.evaluate import evaluate
 from pipelines.model import DigitsCNN
@@ -35,7 +35,7 @@ def tmp_config(root: Path, *overrides: str):
             f"paths.data_dir={root}/data",
             f"paths.checkpoint_dir={root}/checkpoints",
             f"paths.model={root}/models/model.onnx",
-            f"paths.validation_report={root}/metrics/validation.json",
+            f"paths.validation_report={root}/models/model.validation.json",
             f"paths.accuracy={root}/metrics/accuracy.json",
             f"paths.latency_plot={root}/plots/latency.json",
             "trainer.max_epochs=2",
@@ -66,7 +66,10 @@ def test_paths_are_defined_once_and_interpolated_everywhere():
     cfg = compose(config_dir=CONF)
     assert cfg.checkpoint == cfg.paths.checkpoint == "checkpoints/best.ckpt"
     assert cfg.output == cfg.paths.model == "models/model.onnx"
-    assert cfg.export.validation.report == cfg.paths.validation_report
+    # The default report place: the callback (config: ${export}) cannot clobber it.
+    assert (
+        cfg.export.validation.report is None and cfg.paths.validation_report == "models/model.validation.json"
+    )
     assert cfg.data.dir == cfg.paths.data_dir
     saver = cfg.callbacks.model_checkpoint
     assert f"{saver.dirpath}/{saver.filename}.ckpt" == cfg.paths.checkpoint

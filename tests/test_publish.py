@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from onnxport import publish
 from onnxport.config import ExportConfig
 from onnxport.errors import InputError
 from onnxport.exporters import run_exporter
+from onnxport.hashing import file_sha256
 from onnxport.inputs import prepare_inputs
-from onnxport.load import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +54,21 @@ def finalize(raw: Path, staged: Path, config: ExportConfig, *, external: bool = 
 # -- the output path ------------------------------------------------------------------------
 
 
-def test_a_missing_output_directory_is_an_input_error(tmp_path):
-    with pytest.raises(InputError, match=r"output directory '.*/nope' does not exist") as error:
-        publish.check_output(tmp_path / "nope" / "model.onnx")
+def test_a_missing_output_directory_is_created_as_in_every_door(tmp_path):
+    output = publish.check_output(tmp_path / "nope" / "deeper" / "model.onnx")
+    assert output.parent.is_dir() and not output.exists()
+
+
+def test_an_output_directory_that_cannot_be_created_is_an_input_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=r"output directory '.*/file/sub' cannot be created") as error:
+        publish.check_output(tmp_path / "file" / "sub" / "model.onnx")
     assert "mkdir -p" in error.value.fix
+
+
+def test_an_output_that_is_not_one_path_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match=r"output=\['a.onnx', 'b.onnx'\] is not a path \(list\)"):
+        publish.check_output(["a.onnx", "b.onnx"])
 
 
 def test_the_output_must_be_an_onnx_file_path(tmp_path):
@@ -75,34 +85,47 @@ def test_a_read_only_output_directory_is_an_input_error():
         Path(scratch).chmod(0o755)
         locked = Path(scratch) / "locked"
         locked.mkdir(mode=0o555)
-        result = _check_output_unprivileged(locked / "model.onnx")
-    assert result.returncode != 0
-    assert "InputError: output directory" in result.stderr and "is not writable" in result.stderr
+        status, message = _check_output_unprivileged(locked / "model.onnx")
+    assert status == 1, message
+    assert message.startswith("InputError: output directory") and "is not writable" in message
 
 
-def _check_output_unprivileged(output: Path) -> subprocess.CompletedProcess:
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from onnxport.publish import check_output;"
-        "check_output(sys.argv[2])"
-    )
-    # root ignores permission bits, so the check runs as an unprivileged user when we are root
-    become_nobody = (lambda: os.setuid(65534)) if os.geteuid() == 0 else None
-    python = "/usr/bin/python3" if os.geteuid() == 0 else sys.executable
-    return subprocess.run(
-        [python, "-c", code, str(REPO_ROOT / "src"), str(output)],
-        capture_output=True,
-        text=True,
-        preexec_fn=become_nobody,
-        check=False,
-    )
+def _check_output_unprivileged(output: Path) -> tuple[int, str]:
+    """Run ``check_output`` in a forked child that dropped root (root ignores permission bits).
+
+    The child already has onnxport imported, so it works wherever the clone sits (a 0700 home
+    or ``mktemp -d`` folder that the unprivileged user could not import from). Returns the
+    child's status (0 accepted, 1 refused) and the error line it sent back.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        status = 2
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                publish.check_output(output)
+                status = 0
+            except Exception as error:
+                os.write(write_end, f"{type(error).__name__}: {error}".encode())
+                status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    _, wait_status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status), message
 
 
 def test_the_staging_directory_is_removed_whatever_happens(tmp_path):
     output = tmp_path / "model.onnx"
-    with pytest.raises(RuntimeError), publish.staging_dir(output) as stage:
-        assert stage.parent == tmp_path and stage.name.startswith(".model.onnx.")
-        (stage / "partial.onnx").write_bytes(b"half")
+    with pytest.raises(RuntimeError), publish.staging_dir(output) as staging:
+        assert staging.parent == tmp_path and staging.name.startswith(f".model.onnx.pid{os.getpid()}.")
+        (staging / "partial.onnx").write_bytes(b"half")
         raise RuntimeError("export failed")
     assert list(tmp_path.iterdir()) == []
 
@@ -165,20 +188,18 @@ def test_finalizing_the_same_export_twice_gives_the_same_bytes(raw_dynamo, tmp_p
 
 
 def test_external_data_always_writes_a_relative_data_file_that_moves_with_the_model(raw_dynamo, tmp_path):
-    stage = tmp_path / "stage"
-    stage.mkdir()
-    staged = stage / "weights.onnx"
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    staged = staging / "weights.onnx"
     finalize(raw_dynamo, staged, ExportConfig(), external=True)
     output = tmp_path / "out" / "weights.onnx"
     output.parent.mkdir()
-    publish.move_into_place(staged, output, external_data=True)
+    publish.commit(publish.Layouts(staged, staged, external_data=True), output)
 
-    assert sorted(p.name for p in output.parent.iterdir()) == ["weights.onnx", "weights.onnx.data"]
-    model = onnx.load(str(output), load_external_data=False)
-    locations = {
-        entry.value for t in model.graph.initializer for entry in t.external_data if entry.key == "location"
-    }
-    assert locations == {"weights.onnx.data"}
+    (data,) = publish.data_files(output)
+    assert re.fullmatch(r"weights\.onnx\.[0-9a-f]{12}\.data", data.name)  # named after its content
+    assert data.name[len("weights.onnx.") : -len(".data")] == file_sha256(data)[:12]
+    assert sorted(p.name for p in output.parent.iterdir()) == ["weights.onnx", data.name]
     assert output.stat().st_size < 2000  # the weights are not inline
 
     moved = tmp_path / "elsewhere"
@@ -193,12 +214,30 @@ def test_moving_a_single_file_removes_a_stale_data_file_and_replaces_the_old_mod
     output = tmp_path / "model.onnx"
     output.write_bytes(b"old model")
     Path(f"{output}.data").write_bytes(b"old weights")
-    stage = tmp_path / "stage"
-    stage.mkdir()
-    finalize(raw_dynamo, stage / "model.onnx", ExportConfig())
-    publish.move_into_place(stage / "model.onnx", output, external_data=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "stage"]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    staged = staging / "model.onnx"
+    finalize(raw_dynamo, staged, ExportConfig())
+    publish.commit(publish.Layouts(staged, staged, external_data=False), output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "staging"]
     onnx.checker.check_model(str(output))
+
+
+def test_the_previous_data_file_goes_only_after_the_header_switched(raw_dynamo, tmp_path):
+    output = tmp_path / "model.onnx"
+    names = []
+    for seed in (0, 1):  # two weight sets: two data file names, one header name
+        staging = tmp_path / f"staging{seed}"
+        staging.mkdir()
+        torch.manual_seed(seed)
+        model = TinyMLP().eval()
+        config = ExportConfig(external_data="always")
+        run_exporter(model, prepare_inputs(model, torch.randn(2, 4), config), staging / "raw.onnx", config)
+        finalize(staging / "raw.onnx", staging / "model.onnx", config, external=True)
+        publish.commit(publish.Layouts(staging / "model.onnx", staging / "model.onnx", True), output)
+        names.append(publish.data_files(output)[0].name)
+    assert names[0] != names[1]
+    assert sorted(p.name for p in tmp_path.glob("model.onnx*")) == ["model.onnx", names[1]]
 
 
 def test_a_rejected_file_is_kept_beside_the_output(tmp_path):

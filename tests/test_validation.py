@@ -18,6 +18,7 @@ from onnxport import validate
 from onnxport.config import InputSpec
 from onnxport.errors import (
     CheckerError,
+    ConfigError,
     InputError,
     NonFiniteError,
     ParityError,
@@ -263,14 +264,46 @@ class MaskedLogits(nn.Module):
         return x.masked_fill(x > 0, float("-inf"))
 
 
-def test_inf_where_both_sides_have_it_passes_and_is_counted(tmp_path):
+def test_inf_in_the_reference_fails_unless_allowed_for_that_output(tmp_path):
     model, x = MaskedLogits(), torch.randn(2, 4)
     path = torchscript_export(model, (x,), tmp_path / "masked.onnx", ["x"])
 
-    report = validate(path, model, x, validation={"latency_runs": 0})
+    # matching Inf on both sides is no proof the model works: all-Inf outputs would pass
+    with pytest.raises(NonFiniteError, match="allow_nonfinite=true if they are expected"):
+        validate(path, model, x, validation={"latency_runs": 0})
 
+    allowed = {"latency_runs": 0, "per_output": {"output": {"allow_nonfinite": True}}}
+    report = validate(path, model, x, validation=allowed)
     assert report.passed
     assert report.to_dict()["outputs"]["output"]["batch=2"]["inf"] == 2 * int((x > 0).sum())
+    assert report.to_dict()["tolerances"]["output"]["allow_nonfinite"] == 1
+
+
+def test_nan_in_the_reference_matches_only_where_onnxruntime_has_nan_too():
+    from onnxport.parity import compare
+
+    expected = np.array([np.nan, 1.0, np.inf], np.float32)
+    assert not compare("y", expected, expected.copy(), 1e-4, 1e-3).passed
+    assert compare("y", expected, expected.copy(), 1e-4, 1e-3, allow_nonfinite=True).passed
+    moved = np.array([1.0, np.nan, np.inf], np.float32)
+    assert not compare("y", expected, moved, 1e-4, 1e-3, allow_nonfinite=True).passed
+
+
+@pytest.mark.parametrize("tolerance", ["atol", "rtol"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_non_finite_tolerances_are_a_config_error(mlp_file, tolerance, value):
+    model, x, path = mlp_file
+    with pytest.raises(ConfigError, match=rf"validation.{tolerance}=(inf|nan) is not a finite number"):
+        validate(path, model, x, validation={tolerance: value})
+
+
+def test_a_file_that_is_not_onnx_is_bad_input_not_a_failed_validation(tmp_path, mlp_file):
+    model, x, _ = mlp_file
+    bogus = tmp_path / "model.onnx"
+    bogus.write_text("not a model")
+    with pytest.raises(InputError, match="is not an ONNX model") as error:
+        validate(bogus, model, x)
+    assert error.value.exit_code == 2
 
 
 @pytest.fixture
@@ -453,7 +486,8 @@ def test_export_with_external_data_always_is_validated_by_path(tmp_path):
 
     result = export(model, x, tmp_path / "model.onnx", exporter="torchscript", external_data="always")
 
-    assert result.validation.passed and (tmp_path / "model.onnx.data").exists()
+    assert result.validation.passed and result.data_path.name.startswith("model.onnx.")
+    assert result.data_path.exists() and result.data_path.suffix == ".data"
     assert validate(result.path, model, x, validation={"latency_runs": 0}).passed
 
 

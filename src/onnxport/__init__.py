@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "export": "onnxport.pipeline",
-    "ExportResult": "onnxport.pipeline",
+    "export": "onnxport.workflow",
+    "ExportResult": "onnxport.workflow",
     "validate": "onnxport.validation",
     "ValidationReport": "onnxport.validation",
     "unwrap": "onnxport.unwrap",
@@ -48,9 +48,9 @@ if TYPE_CHECKING:
         ValidationError,
     )
     from onnxport.load import load_model
-    from onnxport.pipeline import ExportResult, export
     from onnxport.unwrap import unwrap
     from onnxport.validation import ValidationReport, validate
+    from onnxport.workflow import ExportResult, export
 
 
 def __getattr__(name: str) -> Any:

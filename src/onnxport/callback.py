@@ -16,14 +16,17 @@ package also runs in the other's Trainer when passed in the ``callbacks`` list.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from onnxport.config import ExportConfig
-from onnxport.errors import CheckpointError, ConfigError, ExportError, InputError
+from onnxport.errors import CheckpointError, ConfigError, ExportError, InputError, one_line
 
 if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
     from lightning.pytorch import Callback
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
     import pytorch_lightning as pl
     from torch import nn
 
-    from onnxport.pipeline import ExportResult
+    from onnxport.workflow import ExportResult
 
 ON_ERROR_POLICIES = ("raise", "warn")
 CHECKPOINT_ALIASES = ("best", "last")
@@ -58,9 +61,14 @@ class OnnxExportCallback(Callback):
             ``ModelCheckpoint``, or a checkpoint file. Checkpoint weights are loaded into a copy of
             the module, so the module the Trainer holds is never changed, and the checkpoint's sha256
             is recorded in the file. ``"best"`` without a ``ModelCheckpoint``, or ``"last"`` without
-            one that has ``save_last``, is refused in ``setup()``, before training starts.
+            one that has ``save_last``, is refused in ``setup()``, before training starts. Paths
+            are opened through fsspec as Lightning opens them, so ``s3://...`` works where fsspec
+            has the filesystem. Only the weights are read from the file, and nothing in it is
+            imported or run, whatever else it pickles (Hydra partials, optimizer classes, ...).
         on_error: ``"raise"`` ends the run when the export or its validation fails; ``"warn"`` warns
             and lets the run finish. Either way nothing is written to ``output`` on failure.
+        trust_checkpoint: Unpickle the checkpoint fully (runs code from the file). Only needed
+            when its ``state_dict`` itself holds pickled objects; a real bool.
         every_n_epochs: Also export at the end of every n-th training epoch (``None``: only at the
             end of ``fit``). The checkpoint saved after that epoch then records the export; as
             ``ModelCheckpoint`` runs after the other callbacks, ``ckpt_path`` ``"best"`` / ``"last"``
@@ -69,17 +77,21 @@ class OnnxExportCallback(Callback):
         \**export_options: ``ExportConfig`` fields (``opset``, ``exporter``, ``dynamic_axes``,
             ``inputs``, ``validation={"atol": ...}``, ...); they override ``config``.
 
-    Example inputs come from ``inputs`` in the config, else the module's
-    ``example_input_array``, else the first batch of the train dataloader after the
+    Example inputs come in the order every door uses
+    (:func:`onnxport.inputs.choose_example_inputs`): ``inputs`` in the config, else the
+    module's ``example_input_array``, else the first batch of the train dataloader after the
     module's batch-transfer hooks: a tuple or list batch gives its first element; a dict
     batch gives the entries whose keys name ``forward`` parameters, or the whole dict
     when none do (``forward`` takes one dict).
 
     Under DDP the export and its validation run once, on global rank 0, while the other
-    ranks wait; if rank 0 fails, every rank raises.
+    ranks wait; if rank 0 fails, every rank raises. Like ``ModelCheckpoint``, the callback
+    does nothing under ``fast_dev_run`` or while the Trainer runs its sanity check. Each phase
+    (weights loaded, inputs chosen, and the pipeline's own steps) is reported through
+    ``rank_zero_info`` as it finishes.
 
     Attributes:
-        last_result: The :class:`~onnxport.pipeline.ExportResult` of the last export (global rank 0).
+        last_result: The :class:`~onnxport.workflow.ExportResult` of the last export (global rank 0).
         last_path: Path of the last exported file (every rank; kept in checkpoints).
         last_sha256: Its sha256 (every rank; kept in checkpoints).
 
@@ -105,6 +117,7 @@ class OnnxExportCallback(Callback):
         ckpt_path: Optional[Union[str, os.PathLike]] = None,
         on_error: str = "raise",
         every_n_epochs: Optional[int] = None,
+        trust_checkpoint: bool = False,
         config: Optional[Union[ExportConfig, Mapping[str, Any]]] = None,
         **export_options: Any,
     ) -> None:
@@ -130,10 +143,16 @@ class OnnxExportCallback(Callback):
                 f"every_n_epochs={every_n_epochs!r} is not a positive integer",
                 fix="use an integer >= 1, or None to export only when fit ends",
             )
+        if type(trust_checkpoint) is not bool:  # bool("false") is True: it would turn unpickling on
+            raise ConfigError(
+                f"trust_checkpoint={trust_checkpoint!r} is a {type(trust_checkpoint).__name__}, not a bool",
+                fix="pass True or False (true/false in YAML, unquoted)",
+            )
         self.output = os.fspath(output) if output is not None else None
         self.ckpt_path = os.fspath(ckpt_path) if ckpt_path is not None else None
         self.on_error = on_error
         self.every_n_epochs = every_n_epochs
+        self.trust_checkpoint = trust_checkpoint
         self.config = ExportConfig.coerce(config, **export_options)
         self.last_result: Optional[ExportResult] = None
         self.last_path: Optional[str] = None
@@ -165,10 +184,15 @@ class OnnxExportCallback(Callback):
         _check_checkpoint_source(trainer, self.ckpt_path)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._skipped(trainer):
+            return
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._export_on_rank_zero(trainer, pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._skipped(trainer):
+            rank_zero_info("OnnxExportCallback: no export under fast_dev_run (as ModelCheckpoint saves none)")
+            return
         self._export_on_rank_zero(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
@@ -177,6 +201,11 @@ class OnnxExportCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_path = state_dict.get("last_path", self.last_path)
         self.last_sha256 = state_dict.get("last_sha256", self.last_sha256)
+
+    @staticmethod
+    def _skipped(trainer: pl.Trainer) -> bool:
+        """As ``ModelCheckpoint``: a debugging run or the sanity check leaves no file behind."""
+        return bool(trainer.fast_dev_run) or trainer.sanity_checking
 
     # -- export ---------------------------------------------------------------------------------
 
@@ -217,9 +246,9 @@ class OnnxExportCallback(Callback):
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ExportResult:
         import torch
 
-        from onnxport.exporters import preserved_state
-        from onnxport.load import file_sha256
-        from onnxport.pipeline import export
+        from onnxport.inputs import choose_example_inputs
+        from onnxport.model_state import preserved_state
+        from onnxport.workflow import export
 
         # Made when the file is written, as ModelCheckpoint makes its dirpath: the default log_dir
         # does not exist yet when nothing else wrote there (no logger, no checkpoints).
@@ -230,63 +259,53 @@ class OnnxExportCallback(Callback):
                 f"output directory {self._output_path.parent} cannot be created: {exc.strerror}",
                 fix="pass output= a path in a writable directory",
             ) from exc
-        model, checkpoint_sha256 = pl_module, None
-        if self.ckpt_path is not None:
-            path = _resolve_ckpt_path(trainer, self.ckpt_path)
-            model, checkpoint_sha256 = self._checkpoint_copy(trainer, pl_module, path), file_sha256(path)
-        # Drawing the first batch seeds a sampler and workers from the global RNG; forking it keeps
-        # the shuffling of the epochs after an export (and of a later fit) as if nothing happened.
-        with torch.random.fork_rng(devices=[]), preserved_state(model):
-            example_inputs = self._example_inputs(trainer, pl_module)
-            result = export(
-                model,
-                example_inputs,
-                self._output_path,
-                config=self.config,
-                checkpoint_sha256=checkpoint_sha256,
-            )
+        with _progress_through_rank_zero_info():
+            model, checkpoint_sha256 = pl_module, None
+            if self.ckpt_path is not None:
+                started = time.perf_counter()
+                path = _resolve_ckpt_path(trainer, self.ckpt_path)
+                model, checkpoint_sha256 = self._checkpoint_copy(trainer, pl_module, path), _sha256(path)
+                rank_zero_info(
+                    f"OnnxExportCallback: loaded the weights of {path} "
+                    f"in {time.perf_counter() - started:.1f} s"
+                )
+            # Drawing the first batch seeds a sampler and workers from the global RNG; forking it keeps
+            # the shuffling of the epochs after an export (and of a later fit) as if nothing happened.
+            with torch.random.fork_rng(devices=[]), preserved_state(model):
+                example_inputs, source = choose_example_inputs(
+                    model,
+                    None,
+                    self.config,
+                    fallback=lambda: _first_batch_inputs(trainer, pl_module),
+                    fallback_source="the first train batch",
+                )
+                rank_zero_info(f"OnnxExportCallback: example inputs from {source}")
+                result = export(
+                    model,
+                    example_inputs,
+                    self._output_path,
+                    config=self.config,
+                    checkpoint_sha256=checkpoint_sha256,
+                )
         self.last_result = result
         return result
 
     def _checkpoint_copy(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: str) -> nn.Module:
         """A copy of the module holding the checkpoint's weights; the Trainer's module stays as it is."""
-        try:
-            checkpoint = trainer.strategy.load_checkpoint(path)
-        except Exception as exc:
-            raise CheckpointError(
-                f"ckpt_path={path!r} could not be loaded: {exc}", fix="pass a checkpoint written by Lightning"
-            ) from exc
-        if "state_dict" not in checkpoint:
-            raise CheckpointError(
-                f"ckpt_path={path!r} has no 'state_dict'", fix="pass a checkpoint written by Lightning"
-            )
+        from onnxport.load import read_state_dict
+
+        # Only the weights: nothing else the checkpoint pickles is imported or run.
+        state_dict = read_state_dict(path, trust_checkpoint=self.trust_checkpoint)
         # The memo keeps the copy from dragging the Trainer (loaders, process groups) along.
-        module = copy.deepcopy(pl_module, {id(trainer): None})
-        if getattr(module, "_compiler_ctx", None) is not None:
-            # Lightning runs a torch.compile'd module through dynamo-wrapped methods of the *original*
-            # module set on the instance; deepcopy keeps those closures, so the copy would still compute
-            # with the Trainer's weights. The class's own methods use the copy's weights.
-            for name in ("forward", "training_step", "validation_step", "test_step", "predict_step"):
-                vars(module).pop(name, None)
-            module._compiler_ctx = None
+        module = _uncompiled(copy.deepcopy(pl_module, {id(trainer): None}))
         try:
-            module.load_state_dict(checkpoint["state_dict"])
+            module.load_state_dict(state_dict)
         except RuntimeError as exc:
             raise CheckpointError(
-                f"ckpt_path={path!r} does not fit {type(pl_module).__name__}: {exc}",
+                f"ckpt_path={path!r} does not fit {type(pl_module).__name__}: {one_line(exc)}",
                 fix="pass a checkpoint of this LightningModule",
             ) from exc
         return module
-
-    def _example_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-        """Inputs in the documented order: config spec, ``example_input_array``, first train batch."""
-        if self.config.inputs:
-            from onnxport.inputs import generate_inputs
-
-            return generate_inputs(self.config.inputs, seed=self.config.validation.seed)
-        if pl_module.example_input_array is not None:
-            return pl_module.example_input_array
-        return _first_batch_inputs(trainer, pl_module)
 
     def _log_result(self, trainer: pl.Trainer, result: ExportResult) -> None:
         metrics = {"export/seconds": float(result.seconds), "export/size_mb": result.size_bytes / 1e6}
@@ -342,23 +361,91 @@ def _resolve_ckpt_path(trainer: pl.Trainer, ckpt_path: str) -> str:
             )
         return best
     if ckpt_path == "last":
-        candidates = [
-            cb.last_model_path
-            for cb in trainer.checkpoint_callbacks
-            if getattr(cb, "last_model_path", "") and os.path.exists(cb.last_model_path)
-        ]
-        if not candidates:
+        # As Lightning's _parse_ckpt_path: the newest existing last checkpoint, on any fsspec filesystem.
+        modified = {}
+        for callback in trainer.checkpoint_callbacks:
+            last = getattr(callback, "last_model_path", "")
+            if last:
+                fs, remote = _filesystem(last)
+                if fs.exists(remote):
+                    modified[last] = fs.modified(remote)
+        if not modified:
             raise CheckpointError(
                 "ckpt_path='last' but the Trainer's ModelCheckpoint saved no last checkpoint",
                 fix="use ModelCheckpoint(save_last=True), or ckpt_path=None for the current weights",
             )
-        return max(candidates, key=os.path.getmtime)
-    if not os.path.isfile(ckpt_path):
+        return max(modified, key=modified.get)
+    fs, remote = _filesystem(ckpt_path)
+    if not fs.isfile(remote):
+        what = "a directory" if fs.isdir(remote) else "not a file"
         raise CheckpointError(
-            f"ckpt_path={ckpt_path!r} is not a file",
+            f"ckpt_path={ckpt_path!r} is {what}",
             fix=f"use None, {', '.join(repr(a) for a in CHECKPOINT_ALIASES)} or an existing checkpoint path",
         )
     return ckpt_path
+
+
+def _filesystem(path: str) -> tuple[Any, str]:
+    """The fsspec filesystem holding ``path`` (local for plain paths) and the path within it."""
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(path)
+
+
+def _sha256(path: str) -> str:
+    """sha256 of a local or fsspec checkpoint, read in chunks."""
+    from onnxport.hashing import stream_sha256
+
+    fs, remote = _filesystem(path)
+    with fs.open(remote, "rb") as handle:
+        return stream_sha256(handle)
+
+
+def _uncompiled(module: nn.Module) -> nn.Module:
+    """A ``torch.compile``'d LightningModule back to its own methods (Lightning's ``to_uncompiled``).
+
+    Lightning runs a compiled module through dynamo-wrapped methods of the *original* module set
+    on the instance; a deep copy keeps those closures and would compute with the Trainer's weights.
+    """
+    import importlib
+
+    lightning_2 = any(cls.__module__.startswith("lightning.pytorch.") for cls in type(module).__mro__)
+    package = "lightning.pytorch" if lightning_2 else "pytorch_lightning"
+    to_uncompiled = importlib.import_module(f"{package}.utilities.compile").to_uncompiled
+    try:
+        return to_uncompiled(module)
+    except ValueError:  # "required to be a compiled LightningModule": nothing to undo
+        return module
+
+
+class _RankZeroInfo(logging.Handler):
+    """INFO lines through ``rank_zero_info``; warnings to the same Lightning logger at their level."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = f"OnnxExportCallback: {record.getMessage()}"
+        if record.levelno >= logging.WARNING:  # the export runs on global rank 0 only
+            package = Callback.__module__.partition(".callbacks")[0]
+            logging.getLogger(f"{package}.utilities.rank_zero").log(record.levelno, message)
+        else:
+            rank_zero_info(message)
+
+
+@contextmanager
+def _progress_through_rank_zero_info() -> Iterator[None]:
+    """The pipeline's progress lines (``onnxport`` loggers, INFO) through Lightning's rank-zero log."""
+    log = logging.getLogger("onnxport")
+    saved = log.level, log.propagate
+    handler = _RankZeroInfo()
+    log.addHandler(handler)
+    # Not also through the root logger: a Hydra-configured root would print each line twice.
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
 
 
 def _first_batch_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:

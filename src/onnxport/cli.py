@@ -1,14 +1,22 @@
-"""The ``onnxport`` command: ``export`` (a Hydra app), ``inspect`` and ``validate``.
+"""The ``onnxport`` command: ``export``, ``inspect`` and ``validate``.
 
-``onnxport export --config-dir conf [overrides]`` composes the user's ``conf/config.yaml``
-(``model``, ``checkpoint``, ``output``, ``export``) and runs :func:`export_from_config`.
-Hydra's own flags work (``--cfg job``, ``-m export.opset=17,18``, ``--info``). The packaged
-``hydra/output=onnxport`` settings keep Hydra from creating ``outputs/`` or changing directory,
-so the command behaves as a DVC stage should. Under ``-m`` give each run its own file, e.g.
-``output=models/model_${export.opset}.onnx``.
+``onnxport export --config-dir conf [overrides]`` is a ``@hydra.main`` app: it composes the
+user's ``conf/config.yaml`` (or any ``--config-name``, e.g. the lightning-hydra-template's
+``configs/train.yaml``) and runs :func:`export_from_config`. Hydra's own flags work (``--cfg job``,
+``-m export.opset=17,18``, ``--info``). onnxport selects its own Hydra settings ahead of the
+user's overrides (:data:`onnxport.hydra_config.HYDRA_OVERRIDES`): no run directory, no log file,
+its own logging, so the command behaves as a DVC stage should. Under ``-m`` give each run its
+own file, e.g. ``output=models/model_${export.opset}.onnx``.
 
-Errors are one line on stderr; the exit status is 2 for bad config or input and 1 when
-validation failed (nothing was published). ``HYDRA_FULL_ERROR=1`` shows the traceback.
+``onnxport validate`` composes the same config with Hydra's compose API (it is not a Hydra app:
+Hydra's flags do not apply) and re-validates a file.
+
+Only the keys onnxport reads are resolved (``checkpoint``, ``output``, ``model``,
+``trust_checkpoint``, ``export``), and config, paths, the checkpoint's existence and the opset
+range are checked before torch is imported. Each phase prints one line with its time on stderr.
+
+Errors are one line on stderr. Exit status: 0 ok, 1 validation failed (nothing was published),
+2 bad config or input, 3 unexpected internal error. ``HYDRA_FULL_ERROR=1`` shows the traceback.
 
 Module imports are standard library only: ``inspect`` must not pay for torch.
 """
@@ -18,34 +26,43 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import logging
 import os
+import re
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from onnxport.errors import EXIT_BAD_INPUT, ConfigError, InputError, OnnxportError
+from onnxport.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL_ERROR,
+    EXIT_INTERRUPTED,
+    ConfigError,
+    InputError,
+    OnnxportError,
+    one_line,
+)
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
-    from torch import nn
 
-    from onnxport.config import ExportConfig
-    from onnxport.pipeline import ExportResult
+    from onnxport.workflow import ExportResult
 
-PACKAGED_CONF = Path(__file__).with_name("conf")
+log = logging.getLogger(__name__)
+PROGRESS_LINE = re.compile(r"\w+ done in [\d.]+ s")  # what each phase logs when it finishes
+
 DEFAULT_CONFIG_DIR = "conf"
 DEFAULT_CONFIG_NAME = "config"
-# Selected ahead of the user's overrides, so a user can still pick Hydra's defaults back.
-HYDRA_APP_OVERRIDES = (
-    "hydra/output=onnxport",
-    "hydra/job_logging=onnxport",
-    "hydra/hydra_logging=onnxport",
-    "hydra.output_subdir=null",
-)
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 
-USAGE = """\
+EXIT_CODES = """\
+exit codes: 0 ok, 1 validation failed (nothing published), 2 bad config or input,
+            3 unexpected internal error (HYDRA_FULL_ERROR=1 shows the traceback)
+"""
+
+USAGE = f"""\
 usage: onnxport export [--config-dir DIR] [--config-name NAME] [hydra flags] [overrides ...]
        onnxport inspect FILE [--json]
        onnxport validate FILE [--checkpoint PATH] [--config-dir DIR] [--report PATH] [overrides ...]
@@ -53,7 +70,8 @@ usage: onnxport export [--config-dir DIR] [--config-name NAME] [hydra flags] [ov
 export    export a checkpoint to a validated ONNX file (a Hydra app; see `onnxport export --help`)
 inspect   show an ONNX file's signature, opset, sizes, operators and provenance (no torch)
 validate  re-validate an ONNX file against a checkpoint and write the JSON report
-"""
+
+{EXIT_CODES}"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,9 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"onnxport: unknown command {args[0]!r}; choose one of {', '.join(commands)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        return command(args[1:])
+        with progress_to_stderr():
+            return command(args[1:])
     except SystemExit as stop:  # argparse and `--help` exit; callers of main() get the status
         return stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    except KeyboardInterrupt:
+        print(f"onnxport {args[0]}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as error:
         if _full_errors_requested():
             raise
@@ -83,18 +105,71 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report_error(command: str, error: Exception) -> int:
-    """Print ``error`` as one line on stderr and return its exit status."""
+    """Print ``error`` as one line on stderr (no terminal control characters); return its exit status."""
     error = _as_config_error(error) or error
     if isinstance(error, OnnxportError):
-        print(f"onnxport {command}: error: {error}", file=sys.stderr)
-        return error.exit_code
-    message = " ".join(str(error).split())
-    print(
-        f"onnxport {command}: unexpected {type(error).__name__}: {message} "
-        f"(set {FULL_ERROR_ENV}=1 for the traceback)",
-        file=sys.stderr,
-    )
-    return 1
+        line, status = f"onnxport {command}: error: {cli_syntax(str(error))}", error.exit_code
+    else:
+        line = (
+            f"onnxport {command}: unexpected {type(error).__name__}: {one_line(error)} "
+            f"(a bug or a crash onnxport does not recognise; set {FULL_ERROR_ENV}=1 for the traceback)"
+        )
+        status = EXIT_INTERNAL_ERROR
+    print(printable(line), file=sys.stderr)
+    return status
+
+
+def printable(text: str) -> str:
+    """``text`` on one line with ANSI escapes and other control characters removed."""
+    text = re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]", "", text)
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def cli_syntax(text: str) -> str:
+    """A fix written for the Python API (``trust_checkpoint=True``) as the CLI spells it."""
+    text = re.sub(r"\b([A-Za-z_][\w.]*)=True\b", r"\1=true", text)
+    text = re.sub(r"\b([A-Za-z_][\w.]*)=False\b", r"\1=false", text)
+    text = re.sub(r"\b([A-Za-z_][\w.]*)=None\b", r"\1=null", text)
+    return re.sub(r"\bmodel_class=[\"']([\w.:]+)[\"']", r"model=\1", text)
+
+
+# -- progress -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def progress_to_stderr() -> Iterator[None]:
+    """Show onnxport's progress lines and warnings on stderr, as ``onnxport: <message>``.
+
+    Each phase logs ``log.info("%s done in %.1f s", phase, seconds)`` on a logger under
+    ``onnxport`` when it finishes; those INFO records and every WARNING or worse are shown as
+    they come (other INFO records, e.g. the validation table, are the result on stdout).
+    Removed again on exit, so ``main()`` can run in-process.
+    """
+    logger = logging.getLogger("onnxport")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("onnxport: %(message)s"))
+    handler.addFilter(lambda record: record.levelno >= logging.WARNING or _is_progress(record))
+    saved_level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+
+
+def _is_progress(record: logging.LogRecord) -> bool:
+    return bool(PROGRESS_LINE.fullmatch(record.getMessage()))
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Log ``<name> done in X s`` when the block finishes (the CLI's own phases, e.g. load)."""
+    started = time.perf_counter()
+    yield
+    log.info("%s done in %.1f s", name, time.perf_counter() - started)
 
 
 # -- export -------------------------------------------------------------------------------
@@ -105,87 +180,36 @@ def export_from_config(cfg: DictConfig) -> ExportResult:
 
     ``cfg`` holds ``model`` (a ``_target_`` mapping built with Hydra, or the class path of a
     LightningModule), ``checkpoint``, ``trust_checkpoint`` (default false), ``output`` and
-    ``export`` (the :class:`~onnxport.config.ExportConfig` fields).
+    ``export`` (the :class:`~onnxport.config.ExportConfig` fields); nothing else in ``cfg`` is
+    read or resolved. Everything that can be checked without torch is checked first.
     """
+    from onnxport.hydra_config import (
+        check_model,
+        check_paths,
+        make_parent,
+        model_from_config,
+        read_command_config,
+    )
+
+    command = read_command_config(cfg)
+    check_paths(command)
+    check_model(command)
+
     import onnxport
-    from onnxport.load import file_sha256
+    from onnxport.hashing import file_sha256
 
-    output = _required(cfg, "output")
-    config = export_config_from(cfg)
-    checkpoint = _required(cfg, "checkpoint")
-    model = model_from_config(cfg, checkpoint)
+    with phase("load"):
+        model = model_from_config(command)
     # A DVC stage's outs live in directories a fresh clone does not have yet.
-    for key, path in (("output", output), ("export.validation.report", config.validation.report)):
+    for key, path in (
+        ("output", command.output),
+        ("export.validation.report", command.export.validation.report),
+    ):
         if path:
-            _make_parent(key, path)
-    return onnxport.export(model, None, output, config=config, checkpoint_sha256=file_sha256(checkpoint))
-
-
-def export_config_from(cfg: DictConfig) -> ExportConfig:
-    """The ``export`` node as a checked :class:`~onnxport.config.ExportConfig` (defaults if absent)."""
-    from omegaconf import OmegaConf
-
-    from onnxport.config import ExportConfig
-
-    node = OmegaConf.select(cfg, "export")
-    return ExportConfig.from_dict(OmegaConf.to_container(node, resolve=True) if node is not None else None)
-
-
-def model_from_config(cfg: DictConfig, checkpoint: str) -> nn.Module | Any:
-    """Build ``cfg.model`` and load ``checkpoint`` into it (see :func:`onnxport.load_model`).
-
-    ``model`` may be a ``_target_`` mapping (instantiated, then the checkpoint's state_dict is
-    loaded), the class path of a LightningModule (``load_from_checkpoint``), or absent when the
-    checkpoint is self-contained (TorchScript, ``torch.export`` program).
-    """
-    from omegaconf import OmegaConf
-
-    from onnxport.load import load_model
-
-    trust = bool(OmegaConf.select(cfg, "trust_checkpoint", default=False))
-    spec = OmegaConf.select(cfg, "model")
-    if isinstance(spec, str):
-        return load_model(checkpoint, model_class=_locate(spec, "model"), trust_checkpoint=trust)
-    if spec is not None:
-        if "_target_" not in spec:
-            raise ConfigError(
-                "model has no _target_",
-                fix="set model._target_ to your nn.Module class, or model to a LightningModule class path",
-            )
-        _locate(spec._target_, "model._target_")  # a clearer error than instantiate's
-    return load_model(checkpoint, model=spec, trust_checkpoint=trust)
-
-
-def _locate(path: str, key: str) -> Any:
-    from hydra._internal.utils import _locate  # what instantiate uses, minus its error logging
-
-    try:
-        return _locate(path)
-    except Exception as error:
-        cause = error.__cause__ or error
-        raise ConfigError(
-            f"{key}={path!r} cannot be imported ({type(cause).__name__}: {cause})",
-            fix=f"set {key} to an importable 'package.module.Class' path (is the package installed?)",
-        ) from error
-
-
-def _make_parent(key: str, path: str) -> None:
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(
-            f"{key}={path!r}: its directory cannot be created ({error.strerror}: {error.filename})",
-            fix=f"set {key} to a path in a writable directory",
-        ) from error
-
-
-def _required(cfg: DictConfig, key: str) -> Any:
-    from omegaconf import OmegaConf
-
-    value = OmegaConf.select(cfg, key)  # None for a missing key or `???`
-    if value is None or value == "":
-        raise ConfigError(f"{key} is not set", fix=f"set {key}=... in the config or on the command line")
-    return value
+            make_parent(key, path)
+    return onnxport.export(
+        model, None, command.output, config=command.export, checkpoint_sha256=file_sha256(command.checkpoint)
+    )
 
 
 def _export_task(cfg: DictConfig, exit_codes: list[int], full_errors: bool) -> None:
@@ -220,8 +244,13 @@ def _export_task(cfg: DictConfig, exit_codes: list[int], full_errors: bool) -> N
 def _export_command(args: list[str]) -> int:
     from hydra import main as hydra_main
 
+    from onnxport.hydra_config import PACKAGED_CONF, provide_project_root, register_configs
+
     _import_from_cwd()
     register_configs()
+    provide_project_root()
+    if {"-h", "--help"} & set(args):
+        print(export_keys_help())
     exit_codes = [0]
     task = functools.partial(_export_task, exit_codes=exit_codes, full_errors=_full_errors_requested())
     app = hydra_main(version_base=None, config_path=str(PACKAGED_CONF), config_name=DEFAULT_CONFIG_NAME)(task)
@@ -230,12 +259,37 @@ def _export_command(args: list[str]) -> int:
     return max(exit_codes)
 
 
+def export_keys_help() -> str:
+    """onnxport's own keys with their meaning from the schema docstrings, for ``export --help``."""
+    from onnxport.config import REFERENCE_SECTIONS, option_rows
+    from onnxport.hydra_config import CommandConfig
+
+    rows = [row for row in option_rows(CommandConfig, "") if row[0] != "export"]
+    for cls, prefix in REFERENCE_SECTIONS:
+        rows += option_rows(cls, prefix)
+    width = max(len(key) for key, _, _ in rows)
+    lines = [
+        "onnxport export [--config-dir DIR] [--config-name NAME] [hydra flags] [key=value ...]",
+        "",
+        "Export the checkpoint a Hydra config names to a validated ONNX file. onnxport reads these",
+        "keys and no others (default in brackets); set them in the config or as key=value:",
+        "",
+    ]
+    for key, default, meaning in rows:
+        shown = f" [{default}]" if default not in ("", '""') else ""
+        lines.append(f"  {key.ljust(width)}  {meaning}{shown}")
+    lines += ["", EXIT_CODES.rstrip(), "", "Hydra's own help follows.", ""]
+    return "\n".join(lines)
+
+
 def _hydra_argv(args: list[str]) -> list[str]:
-    """Put the packaged Hydra settings in front of the user's overrides, keeping Hydra's flags.
+    """Put onnxport's Hydra settings in front of the user's overrides, keeping Hydra's flags.
 
     argparse takes overrides as one run of positionals, so they are moved ahead of the flags.
     """
     from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
+
+    from onnxport.hydra_config import HYDRA_OVERRIDES, own_key_overrides
 
     parsed = get_args_parser().parse_args(args)
     flags = list(args)
@@ -252,7 +306,7 @@ def _hydra_argv(args: list[str]) -> list[str]:
                 f"no --config-dir given and there is no ./{DEFAULT_CONFIG_DIR} in {Path.cwd()}",
                 fix="run from the project root or pass --config-dir DIR (the dir holding config.yaml)",
             )
-    return [*HYDRA_APP_OVERRIDES, *parsed.overrides, *flags]
+    return [*HYDRA_OVERRIDES, *own_key_overrides(parsed.overrides), *flags]
 
 
 @contextlib.contextmanager
@@ -290,28 +344,44 @@ def _as_config_error(error: Exception) -> ConfigError | None:
         return None
     cause = error.__cause__
     detail = f": {cause}" if isinstance(cause, OmegaConfBaseException) else ""
+    text = f"{error}{detail}"
+    unknown = _unknown_key(text)
+    if unknown is not None:
+        key, close = unknown
+        if close:
+            return ConfigError(
+                f"unknown key {key}; did you mean {close}? ({' '.join(text.split())})",
+                fix=f"write {close}=...",
+            )
     if isinstance(error, MissingConfigException):
         fix = "check --config-dir, --config-name and the config group choices in the defaults lists"
     else:
-        fix = "check the key and value against `onnxport export --cfg job` and the config reference"
-    return ConfigError(f"{error}{detail}", fix=fix)
+        fix = "check the key and value against `onnxport export --help` and `onnxport export --cfg job`"
+    return ConfigError(text, fix=fix)
 
 
-def register_configs() -> None:
-    """Register the ``ExportConfig`` schema in Hydra's ConfigStore as ``onnxport/export_schema``.
+def _unknown_key(text: str) -> tuple[str, str | None] | None:
+    """The unknown key an override or config names, and the closest key onnxport reads."""
+    import difflib
 
-    A user's ``conf/export/default.yaml`` lists ``/onnxport/export_schema@_here_`` first in its
-    defaults, so typos and wrong types in ``export.*`` fail at composition. The
-    ``hydra_plugins.onnxport`` package calls this on import, which is how the schema reaches
-    DVC's own composition of ``conf/`` in ``dvc exp run``.
-    """
-    from hydra.core.config_store import ConfigStore
+    from onnxport.config import REFERENCE_SECTIONS
+    from onnxport.hydra_config import COMMAND_KEYS
 
-    from onnxport.config import ExportConfig
-
-    ConfigStore.instance().store(
-        group="onnxport", name="export_schema", node=ExportConfig, provider="onnxport"
-    )
+    match = re.search(r"Could not override '([\w.\[\]]+)'", text)
+    if match:
+        key = match.group(1)
+    else:
+        match = re.search(r"Key '(\w+)' not in '(\w+)'", text)
+        if not match:
+            return None
+        prefixes = {cls.__name__: prefix for cls, prefix in REFERENCE_SECTIONS}
+        key = prefixes.get(match.group(2), "") + match.group(1)
+    known = [*COMMAND_KEYS]
+    for cls, prefix in REFERENCE_SECTIONS:
+        if "<" not in prefix and "[" not in prefix:
+            known += [f"{prefix}{name}" for name in cls.__dataclass_fields__]  # type: ignore[attr-defined]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    return key, (close[0] if close and close[0] != key else None)
 
 
 def _import_from_cwd() -> None:
@@ -349,13 +419,21 @@ def _inspect_command(args: list[str]) -> int:
 
 
 def _validate_command(args: list[str]) -> int:
-    import onnxport
-    from onnxport.errors import ValidationError
-    from onnxport.stage import compose_config
+    from onnxport.hydra_config import (
+        check_paths,
+        check_writable_path,
+        compose,
+        make_parent,
+        model_from_config,
+        read_command_config,
+    )
 
     parser = argparse.ArgumentParser(
         prog="onnxport validate",
-        description="Re-validate an ONNX file against a checkpoint, with the model config used at export.",
+        description="Re-validate an ONNX file against a checkpoint, with the model config used at export. "
+        "The config is composed with Hydra's compose API (Hydra's own flags do not apply).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("file", help="the .onnx file to check")
     parser.add_argument("--checkpoint", help="checkpoint to compare against (default: the config's)")
@@ -374,18 +452,24 @@ def _validate_command(args: list[str]) -> int:
     if not Path(options.config_dir).is_dir():
         raise ConfigError(f"config dir {options.config_dir!r} does not exist", fix="pass --config-dir DIR")
     with _hydra_raises():
-        cfg = compose_config(options.config_dir, options.config_name, options.overrides)
-    config = export_config_from(cfg)
-    checkpoint = options.checkpoint or _required(cfg, "checkpoint")
-    model = model_from_config(cfg, checkpoint)
-    # Not export.validation.report: that is the export stage's DVC metric, and rewriting it
-    # would make `dvc repro` run the stage again.
+        cfg = compose(options.config_dir, options.config_name, options.overrides)
+    command = read_command_config(cfg, overrides={"checkpoint": options.checkpoint})
+    check_paths(command, need_output=False)
+    # Not export.validation.report: that is the export's own report (a DVC metric), and
+    # rewriting it would make `dvc repro` run the stage again.
     report_path = Path(
         options.report or Path(options.file).with_name(f"{Path(options.file).stem}.validation.json")
     )
-    _make_parent("--report", str(report_path))
+    check_writable_path("--report", report_path)
+    make_parent("--report", report_path)
+
+    import onnxport
+    from onnxport.errors import ValidationError
+
+    with phase("load"):
+        model = model_from_config(command)
     try:
-        report = onnxport.validate(options.file, model, None, config=config)
+        report = onnxport.validate(options.file, model, None, config=command.export)
     except ValidationError as error:
         if error.report is not None:  # validate() has already logged its table to stderr
             error.report.write_json(report_path)

@@ -12,6 +12,7 @@ use it without importing torch.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
@@ -27,6 +28,10 @@ SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
+# The opsets each exporter produces with the supported torch (torch.onnx._constants:
+# ONNX_MIN_OPSET, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, ONNX_MAX_OPSET; tests/test_config.py
+# pins them). Kept here so a bad opset is refused before torch is imported.
+OPSET_RANGES = {"dynamo": (7, 23), "torchscript": (7, 20)}
 EXTERNAL_DATA_MODES = ("auto", "always", "never")
 MISMATCH_POLICIES = ("fail", "warn")
 DTYPES = (
@@ -67,6 +72,8 @@ class ToleranceConfig:
     """Absolute tolerance for this output."""
     rtol: Optional[float] = None
     """Relative tolerance for this output."""
+    allow_nonfinite: bool = False
+    """Accept NaN/Inf in this output (where ONNX Runtime has them too); by default any NaN or Inf fails."""
 
 
 @dataclass
@@ -143,7 +150,7 @@ class ExportConfig:
                 f"this onnxport reads schema versions {list(SUPPORTED_SCHEMA_VERSIONS)}",
                 fix="upgrade onnxport or write the config for a supported schema_version",
             )
-        config = _build(cls, data, "export")
+        config = build(cls, data, "export")
         config.check()
         return config
 
@@ -156,10 +163,6 @@ class ExportConfig:
         base = config.to_dict() if isinstance(config, ExportConfig) else _plain(config or {})
         return cls.from_dict(_deep_merge(base, _plain(options)))
 
-    def replace(self, **options: Any) -> ExportConfig:
-        """A copy with ``options`` merged in (checked like ``from_dict``)."""
-        return ExportConfig.coerce(self, **options)
-
     # -- checks -----------------------------------------------------------------------
 
     def check(self) -> None:
@@ -167,10 +170,12 @@ class ExportConfig:
         _one_of("export.exporter", self.exporter, EXPORTERS)
         _one_of("export.external_data", self.external_data, EXTERNAL_DATA_MODES)
         _one_of("export.validation.on_mismatch", self.validation.on_mismatch, MISMATCH_POLICIES)
-        if not 7 <= self.opset <= 99:
+        low, high = opset_range(self.exporter)
+        if not low <= self.opset <= high:
             raise ConfigError(
-                f"export.opset={self.opset} is not an ONNX opset",
-                fix="use an opset between 7 and the newest your exporter supports (e.g. 17 or 18)",
+                f"export.opset={self.opset} cannot be produced by the {self.exporter} exporter "
+                f"(it supports opsets {low}-{high})",
+                fix=f"set export.opset between {low} and {high} (e.g. 17 or 18)",
             )
         for tolerance_name in ("atol", "rtol"):
             if getattr(self.validation, tolerance_name) < 0:
@@ -202,20 +207,41 @@ class ExportConfig:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
 
+def opset_range(exporter: str) -> tuple[int, int]:
+    """The inclusive opset range ``exporter`` can produce (``auto``: either exporter's)."""
+    ranges = [OPSET_RANGES[exporter]] if exporter in OPSET_RANGES else list(OPSET_RANGES.values())
+    return min(low for low, _ in ranges), max(high for _, high in ranges)
+
+
 # -- strict dataclass building ------------------------------------------------------------
 
 
-def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+def build(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from plain data, refusing unknown keys and wrong types.
+
+    ``where`` is the key path of ``data`` in the user's config, used in messages. Booleans must
+    be real booleans: the strings ``"false"`` or ``"0"`` are errors, never truthy.
+    """
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(str(key) for key in data if key not in fields)
     if unknown:
+        key = _join(where, unknown[0])
+        close = difflib.get_close_matches(unknown[0], fields, n=1)
+        hint = f"did you mean {_join(where, close[0])}? " if close else ""
         raise ConfigError(
-            f"unknown key {where}.{unknown[0]}; valid keys of {where}: {', '.join(sorted(fields))}",
-            fix="check the spelling against the config reference in the README",
+            f"unknown key {key}; {hint}valid keys{f' of {where}' if where else ''}: "
+            f"{', '.join(sorted(fields))}",
+            fix=f"use {_join(where, close[0])}"
+            if close
+            else "check the spelling against the config reference",
         )
-    values = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    values = {name: _convert(hints[name], value, _join(where, name)) for name, value in data.items()}
     return cls(**values)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
@@ -233,7 +259,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise _wrong_type(where, value, "a mapping")
-        return _build(hint, value, where)
+        return build(hint, value, where)
     if origin is list:
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise _wrong_type(where, value, "a list")
@@ -305,29 +331,46 @@ def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, An
     return merged
 
 
-def config_reference() -> str:
-    """Markdown tables of every option with its default and docstring, for the README."""
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal under it), on one line."""
     import ast
     import inspect
+    import textwrap
 
+    docs: dict[str, str] = {}
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    for node, following in itertools.pairwise(body):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr):
+            docs[node.target.id] = " ".join(str(following.value.value).split())  # type: ignore[attr-defined]
+    return docs
+
+
+REFERENCE_SECTIONS = (
+    (ExportConfig, "export."),
+    (ValidationConfig, "export.validation."),
+    (ToleranceConfig, "export.validation.per_output.<name>."),
+    (InputSpec, "export.inputs[]."),
+)
+
+
+def option_rows(cls: type, prefix: str) -> list[tuple[str, str, str]]:
+    """``(key, default as JSON, meaning)`` for every field of ``cls``, keys prefixed with ``prefix``."""
+    docs = field_docs(cls)
+    defaults = cls().__dict__
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = defaults[f.name]
+        shown = "" if dataclasses.is_dataclass(default) else json.dumps(_plain(default))
+        rows.append((f"{prefix}{f.name}", shown, docs.get(f.name, "")))
+    return rows
+
+
+def config_reference() -> str:
+    """Markdown tables of every option with its default and docstring, for the README."""
     lines: list[str] = []
-    for cls, prefix in (
-        (ExportConfig, "export."),
-        (ValidationConfig, "export.validation."),
-        (ToleranceConfig, "export.validation.per_output.<name>."),
-        (InputSpec, "export.inputs[]."),
-    ):
-        docs: dict[str, str] = {}
-        body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
-        for node, following in itertools.pairwise(body):
-            if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr):
-                docs[node.target.id] = " ".join(str(following.value.value).split())  # type: ignore[attr-defined]
+    for cls, prefix in REFERENCE_SECTIONS:
         lines += [f"### `{cls.__name__}`", "", "| key | default | meaning |", "|---|---|---|"]
-        defaults = cls().__dict__
-        for f in dataclasses.fields(cls):
-            default = defaults[f.name]
-            shown = "" if dataclasses.is_dataclass(default) else json.dumps(_plain(default))
-            lines.append(f"| `{prefix}{f.name}` | `{shown}` | {docs.get(f.name, '')} |")
+        lines += [f"| `{key}` | `{shown}` | {doc} |" for key, shown, doc in option_rows(cls, prefix)]
         lines.append("")
     return "\n".join(lines)
 

@@ -2,7 +2,8 @@
 
 The CLI maps :attr:`OnnxportError.exit_code` to the process exit status:
 ``2`` for bad config or bad input, ``1`` when validation failed (nothing was
-published).
+published), ``3`` for an unexpected internal error (anything not raised on purpose),
+``130`` when interrupted with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 EXIT_VALIDATION_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL_ERROR = 3
+EXIT_INTERRUPTED = 130
 
 
 class OnnxportError(Exception):
@@ -56,6 +59,10 @@ class UnsupportedOperatorError(ExportError):
     def __init__(self, operator: str, message: str, *, fix: str | None = None) -> None:
         self.operator = operator
         super().__init__(message, fix=fix)
+
+
+class OpsetNotProduced(ConfigError):
+    """The exporter ran but could not convert the graph to the requested opset."""
 
 
 class PublishError(OnnxportError):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,27 +80,61 @@ class ModelInputs:
 # -- preparing ----------------------------------------------------------------------------
 
 
+def choose_example_inputs(
+    model: Any,
+    given: Any,
+    config: ExportConfig,
+    *,
+    fallback: Callable[[], Any] | None = None,
+    fallback_source: str = "fallback",
+) -> tuple[Any, str]:
+    """The example inputs to export with, and where they came from: the one order of every door.
+
+    1. ``given``, what the caller passed (the API's ``example_inputs``);
+    2. ``config.inputs`` (``export.inputs``): an explicit setting beats an attribute of the model;
+    3. the model's ``example_input_array`` (a LightningModule's, or any module's attribute);
+    4. ``fallback()``, what the door can offer last (the callback: the first train batch).
+
+    Returns ``(inputs, source)``; ``source`` is ``"given"``, ``"export.inputs"``,
+    ``"example_input_array"`` or ``fallback_source``.
+
+    >>> import torch
+    >>> from onnxport.config import ExportConfig
+    >>> net = torch.nn.Linear(4, 2)
+    >>> net.example_input_array = torch.zeros(2, 4)
+    >>> config = ExportConfig.coerce(None, inputs=[{"name": "input", "shape": [3, 4]}])
+    >>> inputs, source = choose_example_inputs(net, None, config)
+    >>> source, tuple(inputs["input"].shape)
+    ('export.inputs', (3, 4))
+    """
+    if given is not None:
+        return given, "given"
+    if config.inputs:
+        return generate_inputs(config.inputs, seed=config.validation.seed), "export.inputs"
+    attribute = getattr(model, "example_input_array", None)
+    if attribute is not None:
+        return attribute, "example_input_array"
+    if fallback is not None:
+        return fallback(), fallback_source
+    raise InputError(
+        f"no example inputs for {type(model).__name__}: none were given, the config has no inputs "
+        "spec and the model has no example_input_array",
+        fix="pass example_inputs, add export.inputs (e.g. [{name: x, shape: [2, 4], dtype: float32}]) "
+        "or set model.example_input_array",
+    )
+
+
 def prepare_inputs(model: Any, example_inputs: Any, config: ExportConfig) -> ModelInputs:
     """Normalise ``example_inputs`` for ``model`` (see the module docstring for the naming rule).
 
-    ``None`` falls back to ``model.example_input_array`` (Lightning), then to the
-    config's ``inputs`` spec. Floating inputs move to the model's device and float
-    dtype; integer and bool inputs keep their dtype.
+    ``None`` falls back as :func:`choose_example_inputs` orders it (``export.inputs``, then
+    ``example_input_array``). Floating inputs move to the model's device and float dtype;
+    integer and bool inputs keep their dtype.
     """
     specs = {spec.name: spec for spec in config.inputs}
     if isinstance(example_inputs, ModelInputs):
         return example_inputs
-    if example_inputs is None:
-        example_inputs = getattr(model, "example_input_array", None)
-    if example_inputs is None and config.inputs:
-        example_inputs = generate_inputs(config.inputs, seed=config.validation.seed)
-    if example_inputs is None:
-        raise InputError(
-            f"no example inputs for {type(model).__name__}: none were given, the model has no "
-            "example_input_array and the config has no inputs spec",
-            fix="pass example_inputs, set model.example_input_array, or add export.inputs "
-            "(e.g. [{name: x, shape: [2, 4], dtype: float32}])",
-        )
+    example_inputs, _ = choose_example_inputs(model, example_inputs, config)
 
     signature = forward_signature(model)
     args, kwargs = _split(example_inputs, signature)

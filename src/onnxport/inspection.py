@@ -2,6 +2,12 @@
 
 Backs ``onnxport inspect``. Only ``onnx`` is imported (never torch), and external weights
 are not loaded: their sizes come from the tensor headers and the files on disk.
+
+The file is not trusted: its metadata may name any path, hold any bytes. Only a report
+beside the file or under its directory is read, and only a regular file under a size cap
+(a FIFO, a device or a symlink is "no report"); external data is only looked for beside the
+file; every string from the file is printed with control characters escaped and long values
+truncated; malformed metadata is shown as it is, never a crash.
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from onnxport.errors import InputError
-from onnxport.load import file_sha256  # standard library only: no torch
+from onnxport.hashing import artifact_sha256  # standard library only: no torch
+from onnxport.publish import METADATA_PREFIX
+from onnxport.report import read_report
 
-PROVENANCE_PREFIX = "onnxport."
+TEXT_LIMIT = 200
+"""Characters of one value shown by the text report before it is truncated."""
 
 
 def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -23,32 +32,20 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises :class:`~onnxport.errors.InputError` when the file is missing or is not an ONNX model.
     """
-    import onnx
-    from google.protobuf.message import DecodeError
-
     path = Path(path)
-    if not path.is_file():
-        problem = "is not a file" if path.exists() else "does not exist"
-        raise InputError(f"{path} {problem}", fix="pass the path of an .onnx file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError) as error:
-        raise _not_onnx(path, error) from error
-    # Protobuf happily parses many non-ONNX files into an empty message: require a real graph.
-    if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
-        raise _not_onnx(path, "no ONNX graph in it")
-
+    model = load_header(path)
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     external_files = sorted(
         {entry.value for init in graph.initializer for entry in init.external_data if entry.key == "location"}
     )
-    external_bytes = sum(_file_size(path.parent / name) for name in external_files)
+    beside = [path.parent / name for name in external_files if _plain_name(name)]
+    external_bytes = sum(_file_size(data) for data in beside)
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     provenance = {
-        key[len(PROVENANCE_PREFIX) :]: _maybe_json(value)
+        key[len(METADATA_PREFIX) :]: _maybe_json(value)
         for key, value in sorted(metadata.items())
-        if key.startswith(PROVENANCE_PREFIX)
+        if key.startswith(METADATA_PREFIX)
     }
     operators = Counter(_operators(graph))
     return {
@@ -66,72 +63,131 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
         "operators": dict(sorted(operators.items(), key=lambda item: (-item[1], item[0]))),
         "nodes": sum(operators.values()),
         "provenance": provenance,
-        "metadata": {k: v for k, v in sorted(metadata.items()) if not k.startswith(PROVENANCE_PREFIX)},
-        "validation": _validation_report(path, provenance),
+        "metadata": {k: v for k, v in sorted(metadata.items()) if not k.startswith(METADATA_PREFIX)},
+        "validation": _validation_report(path, provenance, beside),
     }
 
 
+def load_header(path: Path) -> Any:
+    """The ONNX model at ``path`` without its external weights; ``InputError`` when it is none."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise InputError(f"{path} {problem}", fix="pass the path of an .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError) as error:
+        raise _not_onnx(path, error) from error
+    # Protobuf happily parses many non-ONNX files into an empty message: require a real graph.
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
+        raise _not_onnx(path, "no ONNX graph in it")
+    return model
+
+
 def format_report(info: dict[str, Any]) -> str:
-    """The human-readable form of :func:`inspect_model`'s answer."""
+    """The human-readable form of :func:`inspect_model`'s answer; every string from the file is escaped."""
     size = _human(info["file_bytes"] + info["external_data_bytes"])
     weights = info["weights"]
+    external = ", ".join(map(_shown, info["external_data"]))
     lines = [
-        f"{info['path']}: {size}, weights {_human(weights['bytes'])} in {weights['count']} initializers"
-        + (f" (external: {', '.join(info['external_data'])})" if info["external_data"] else ""),
+        f"{_shown(info['path'])}: {size}, "
+        f"weights {_human(weights['bytes'])} in {weights['count']} initializers"
+        + (f" (external: {external})" if info["external_data"] else ""),
         "opset "
-        + ", ".join(f"{domain} {version}" for domain, version in info["opset"].items())
-        + f"; ir_version {info['ir_version']}; producer {info['producer'] or '?'}",
+        + ", ".join(f"{_shown(domain)} {version}" for domain, version in info["opset"].items())
+        + f"; ir_version {info['ir_version']}; producer {_shown(info['producer']) or '?'}",
     ]
     for title in ("inputs", "outputs"):
         lines.append(f"{title}:")
-        width = max((len(v["name"]) for v in info[title]), default=0)
-        for value in info[title]:
-            shape = ", ".join(str(dim) for dim in value["shape"]) if value["shape"] is not None else "?"
-            lines.append(f"  {value['name']:<{width}}  {value['dtype']:<8} [{shape}]")
+        names = [_shown(v["name"]) for v in info[title]]
+        width = max(map(len, names), default=0)
+        for name, value in zip(names, info[title], strict=True):
+            shape = ", ".join(_shown(dim) for dim in value["shape"]) if value["shape"] is not None else "?"
+            lines.append(f"  {name:<{width}}  {_shown(value['dtype']):<8} [{shape}]")
     lines.append(f"operators ({info['nodes']} nodes):")
-    lines += [f"  {count:>5}  {op}" for op, count in info["operators"].items()]
+    lines += [f"  {count:>5}  {_shown(op)}" for op, count in info["operators"].items()]
     for title in ("provenance", "metadata"):
         if info[title]:
             lines.append(f"{title}:")
-            width = max(len(key) for key in info[title])
+            keys = {key: _shown(key) for key in info[title]}
+            width = max(map(len, keys.values()))
             for key, value in info[title].items():
-                shown = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-                lines.append(f"  {key:<{width}}  {shown}")
+                text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+                lines.append(f"  {keys[key]:<{width}}  {_shown(text)}")
     if not info["provenance"]:
         lines.append("provenance: none (not written by onnxport)")
     validation = info["validation"]
-    if validation is not None:
-        verdict = "passed" if validation["passed"] else "FAILED"
+    if validation is None:
+        lines.append("validation: no report")
+    else:
         run = validation["run"]
-        git = run.get("git_commit")
-        dirty = " (dirty)" if run.get("git_dirty") else ""
-        lines.append(f"validation: {verdict} ({validation['path']})" + (f"; git {git}{dirty}" if git else ""))
+        git = _shown(run.get("git_commit") or "")
+        dirty = " (dirty)" if run.get("git_dirty") is True else ""
+        where = f" ({_shown(validation['path'])})" + (f"; git {git}{dirty}" if git else "")
+        lines.append(f"validation: {validation['verdict']}{where}")
     return "\n".join(lines)
 
 
-def _validation_report(path: Path, provenance: dict[str, Any]) -> dict[str, Any] | None:
+def _shown(value: Any, limit: int = TEXT_LIMIT) -> str:
+    """``value`` as printable text: control characters escaped, at most ``limit`` characters."""
+    text = "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(value)
+    )
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _validation_report(path: Path, provenance: dict[str, Any], data: list[Path]) -> dict[str, Any] | None:
     """Verdict and run context (git commit, host) from the report written at export.
 
     The git commit is kept out of the ONNX file on purpose (same model, same bytes), so the
-    report is where it is found: at the configured ``validation.report`` (relative to the
-    directory export ran in, usually the cwd) or beside the file. A report that names another
-    file's sha256 is stale (the model was replaced since) and is not shown.
+    report is where it is found: the configured ``validation.report`` when it lies beside the
+    file or under its directory, else ``<stem>.validation.json`` beside it. Only a regular
+    file under the size cap is read. A report that names another artifact's sha256 is stale
+    (the model was replaced since) and is not shown.
     """
     config = provenance.get("config")
-    configured = config.get("validation", {}).get("report") if isinstance(config, dict) else None
-    for report in filter(None, (configured, path.with_name(f"{path.stem}.validation.json"))):
-        try:
-            data = json.loads(Path(report).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+    validation = config.get("validation") if isinstance(config, dict) else None
+    configured = validation.get("report") if isinstance(validation, dict) else None
+    candidates = [path.with_name(f"{path.stem}.validation.json")]
+    if isinstance(configured, str) and configured:
+        candidates.insert(0, Path(configured))
+        candidates.insert(1, path.parent / configured)
+    sha256: str | None = None
+    for report in dict.fromkeys(candidates):
+        if not _under(report, path.parent):
             continue
-        if not isinstance(data, dict):
+        content = read_report(report)
+        if content is None:
             continue
-        run = data.get("run", {})
-        vouched = run.get("onnx_sha256") if isinstance(run, dict) else None
-        if vouched and vouched != file_sha256(path):
+        run = content.get("run")
+        run = run if isinstance(run, dict) else {}
+        vouched = run.get("onnx_sha256")
+        if sha256 is None:
+            sha256 = artifact_sha256(path, [file for file in data if file.is_file()])
+        if vouched != sha256:
             continue
-        return {"path": str(report), "passed": bool(data.get("passed")), "run": run}
+        verdict = "passed" if content.get("passed") == 1 or content.get("passed") is True else "FAILED"
+        if content.get("validated") == 0:
+            verdict = "not validated (validation was disabled)"
+        return {"path": str(report), "passed": verdict == "passed", "verdict": verdict, "run": run}
     return None
+
+
+def _under(candidate: Path, directory: Path) -> bool:
+    """``candidate`` is beside or under ``directory`` once symlinks and ``..`` are resolved."""
+    try:
+        resolved = Path(os.path.realpath(candidate))
+        return resolved.is_relative_to(os.path.realpath(directory))
+    except (OSError, ValueError):
+        return False
+
+
+def _plain_name(name: str) -> bool:
+    return (
+        bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+    )
 
 
 def _not_onnx(path: Path, reason: object) -> InputError:
@@ -158,7 +214,10 @@ def _dtype_name(elem_type: int) -> str:
     try:
         return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
     except (KeyError, TypeError, ValueError):  # bfloat16, float8: no plain numpy dtype
-        return onnx.TensorProto.DataType.Name(elem_type).lower()
+        try:
+            return onnx.TensorProto.DataType.Name(elem_type).lower()
+        except ValueError:  # not a type ONNX knows: a crafted or newer file
+            return f"type {elem_type}"
 
 
 def _tensor_bytes(tensor: Any) -> int:
@@ -166,12 +225,12 @@ def _tensor_bytes(tensor: Any) -> int:
 
     for entry in tensor.external_data:
         if entry.key == "length":
-            return int(entry.value)
+            return int(entry.value) if entry.value.isdigit() else 0
     if tensor.raw_data:
         return len(tensor.raw_data)
     count = 1
     for dim in tensor.dims:
-        count *= dim
+        count *= max(dim, 0)
     try:
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     except (KeyError, TypeError, ValueError):
@@ -198,7 +257,7 @@ def _maybe_json(value: str) -> Any:
     if value[:1] in "{[":
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # crafted metadata is shown as the text it is
             pass
     return value
 

@@ -9,13 +9,17 @@ their suffix:
 * a TorchScript archive (``torch.jit.save``),
 * an ExportedProgram archive (``torch.export.save``, ``.pt2``).
 
-Pickled checkpoints load with ``weights_only=True`` unless the caller passes
-``trust_checkpoint=True``: unpickling anything else can run arbitrary code.
+Pickled checkpoints are read without importing or calling anything the file names
+(:mod:`onnxport.inert`): the tensors come out real, every other pickled object (Hydra
+partials, optimizer classes, whole modules, callback state) as an inert placeholder, so the
+weights of any checkpoint load with no trust flag. Only building a model *from* pickled
+objects (``load_from_checkpoint`` with pickled hyper-parameters, ``torch.save(model)`` with
+no ``model`` to load into) needs ``trust_checkpoint=True``, which unpickles fully and can run
+arbitrary code.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import re
@@ -24,7 +28,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxport.errors import CheckpointError, InputError, one_line
+from onnxport.errors import CheckpointError, ConfigError, InputError, one_line
+from onnxport.inert import Placeholder, RefusedGlobal, find_placeholders, inert_load, module_state_dict
 
 if TYPE_CHECKING:
     import torch
@@ -36,9 +41,11 @@ PathLike = str | os.PathLike
 # Where common training scripts keep the weights inside a checkpoint dict.
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
-_TRUST_FIX = (
-    "pass trust_checkpoint=True only if you trust where the file came from "
-    "(unpickling can run arbitrary code), or save model.state_dict() instead"
+# Spelled as every door spells the option (API keyword, CLI key, callback argument).
+_TRUST = "set trust_checkpoint only if you trust where the file came from (full unpickling runs its code)"
+_MODEL_OR_TRUST_FIX = (
+    "give the model node (model=, the module or the _target_ config that built it) so only the "
+    f"weights are read, or {_TRUST}"
 )
 
 
@@ -58,12 +65,16 @@ def load_model(
             or a Hydra config (mapping or DictConfig) with a ``_target_`` to build it.
         model_class: the LightningModule class of a ``.ckpt``, or its import path
             ``"package.module.Class"``. For a plain state_dict, a class built with no arguments.
-        trust_checkpoint: allow full unpickling (``weights_only=False``). Only for trusted files.
+        trust_checkpoint: allow full unpickling (``weights_only=False``), which runs code from the
+            file. Needed only to build a model from pickled objects (a Lightning checkpoint's
+            pickled hyper-parameters with no ``model``, or ``torch.save(model)``). A real bool.
         map_location: passed to ``torch.load`` / ``torch.jit.load``.
 
     Raises:
-        CheckpointError: the file is missing, corrupt, untrusted or does not fit the model.
+        CheckpointError: the file is missing, corrupt, refused (it names ``os.system`` and the
+            like), needs trust to build its model, or does not fit the model.
         InputError: ``model`` or ``model_class`` cannot be built or imported.
+        ConfigError: ``trust_checkpoint`` is not a bool.
 
     >>> import tempfile, torch
     >>> net = torch.nn.Linear(2, 2)
@@ -75,6 +86,7 @@ def load_model(
     import torch
     from torch.export import ExportedProgram
 
+    _check_trust_flag(trust_checkpoint)
     if isinstance(source, torch.nn.Module | ExportedProgram):
         return source
     if not isinstance(source, str | os.PathLike):
@@ -82,11 +94,7 @@ def load_model(
             f"source must be a path to a checkpoint or a model, got {type(source).__name__}",
             fix="pass the path of a .ckpt, .pt, .pth, .bin or .pt2 file",
         )
-    path = Path(source)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist", fix="check the path (relative paths start at the cwd)"
-        )
+    path = _existing_file(Path(source))
 
     kind = _archive_kind(path)
     if kind == "torchscript":
@@ -94,9 +102,20 @@ def load_model(
     if kind == "exported_program":
         return _guarded(path, lambda: torch.export.load(str(path)))
 
-    checkpoint = _torch_load(path, trust_checkpoint=trust_checkpoint, map_location=map_location)
-    if isinstance(checkpoint, torch.nn.Module):  # torch.save(model), loadable only when trusted
+    checkpoint, pickled = _read(path, trust_checkpoint=trust_checkpoint, map_location=map_location)
+    if isinstance(checkpoint, torch.nn.Module):  # torch.save(model), trusted
         return checkpoint
+    if isinstance(checkpoint, Placeholder):  # torch.save(model), read inertly: its weights only
+        if model is None and model_class is None:
+            raise CheckpointError(
+                f"checkpoint {path} holds a pickled {checkpoint.pickled_global} object; "
+                "building it runs code from the file",
+                fix=_MODEL_OR_TRUST_FIX,
+            )
+        state_dict = _pickled_module_weights(checkpoint, path)
+        target = _build_target(model, model_class, path)
+        _load_state_dict(target, state_dict, path)
+        return target
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(checkpoint).__name__}, not a model or a state_dict",
@@ -109,8 +128,16 @@ def load_model(
                 f"checkpoint {path} is a Lightning checkpoint and needs its LightningModule class",
                 fix='pass model_class="package.module.ClassName" (or the class itself)',
             )
+        cls = _resolve_class(model_class)
+        if pickled:  # load_from_checkpoint would have to unpickle them, running code from the file
+            raise CheckpointError(
+                f"checkpoint {path}: building {cls.__qualname__} needs its pickled hyper-parameters "
+                f"({_first(pickled)}), which only full unpickling restores",
+                fix=_MODEL_OR_TRUST_FIX,
+            )
         del checkpoint  # Lightning reads the file again; do not hold two copies
-        return _load_lightning(path, _resolve_class(model_class), trust_checkpoint, map_location)
+        # Nothing in the file needed a placeholder, so torch's weights_only load reads all of it.
+        return _load_lightning(path, cls, trust_checkpoint, map_location)
 
     state_dict = _find_state_dict(checkpoint, path)
     target = _build_target(model, model_class, path)
@@ -118,13 +145,33 @@ def load_model(
     return target
 
 
-def file_sha256(path: PathLike, *, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so a large checkpoint is never held in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+def read_state_dict(
+    source: PathLike, *, trust_checkpoint: bool = False, map_location: Any = "cpu"
+) -> Mapping[str, torch.Tensor]:
+    """The weights (state_dict) of a checkpoint, read without running anything from the file.
+
+    ``source`` is a local path or an fsspec URL (``s3://...``, where fsspec has the filesystem).
+    Works for Lightning checkpoints whatever else they pickle, training dicts
+    (``model_state_dict`` / ``model`` keys), bare state_dicts and ``torch.save(model)`` files.
+
+    Raises:
+        CheckpointError: missing, corrupt, refused, or holding no state_dict.
+        ConfigError: ``trust_checkpoint`` is not a bool.
+    """
+    _check_trust_flag(trust_checkpoint)
+    if "://" not in os.fspath(source):
+        source = _existing_file(Path(source))
+    checkpoint, _ = _read(source, trust_checkpoint=trust_checkpoint, map_location=map_location)
+    if isinstance(checkpoint, Placeholder):
+        return _pickled_module_weights(checkpoint, source)
+    if hasattr(checkpoint, "state_dict") and not isinstance(checkpoint, Mapping):  # trusted module
+        return checkpoint.state_dict()
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            f"checkpoint {source} holds a {type(checkpoint).__name__}, not a state_dict",
+            fix="pass a checkpoint written by Lightning or torch.save(model.state_dict())",
+        )
+    return _find_state_dict(checkpoint, source)
 
 
 def _archive_kind(path: Path) -> str:
@@ -146,39 +193,97 @@ def _archive_kind(path: Path) -> str:
     return "pickle"
 
 
-def _torch_load(path: Path, *, trust_checkpoint: bool, map_location: Any) -> Any:
+def _check_trust_flag(trust_checkpoint: Any) -> None:
+    # bool("false") is True: a string here would turn full unpickling on.
+    if type(trust_checkpoint) is not bool:
+        raise ConfigError(
+            f"trust_checkpoint={trust_checkpoint!r} is a {type(trust_checkpoint).__name__}, not a bool",
+            fix="pass True or False (true/false in YAML and on the command line, unquoted)",
+        )
+
+
+def _existing_file(path: Path) -> Path:
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a directory, not a file",
+            fix="give the checkpoint file inside it (e.g. checkpoints/last.ckpt)",
+        )
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist", fix="check the path (relative paths start at the cwd)"
+        )
+    return path
+
+
+def _read(source: Any, *, trust_checkpoint: bool, map_location: Any) -> tuple[Any, list[str]]:
+    """The unpickled checkpoint and the globals that became placeholders (none when trusted)."""
     import pickle
 
-    import torch
-
-    # mmap keeps a large checkpoint's tensors on disk until they are copied into the model.
-    mmap = zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=not trust_checkpoint, mmap=mmap)
+        if not trust_checkpoint:
+            return inert_load(source, map_location=map_location)
+        return _trusted_load(source, map_location), []
+    except RefusedGlobal as error:
+        raise CheckpointError(
+            f"checkpoint {source} is refused: unpickling it would call {error.name} ({error}); "
+            "nothing from the file was imported or run",
+            fix="do not load this file; if you wrote it yourself, save model.state_dict() instead",
+        ) from error
     except pickle.UnpicklingError as error:
         refused = _refused_global(str(error))
-        if not trust_checkpoint and refused:
+        if refused:  # torch's weights_only unpickler (TORCH_FORCE_WEIGHTS_ONLY_LOAD) said no
             raise CheckpointError(
-                f"checkpoint {path} needs full unpickling (it stores {refused}) and is not trusted",
-                fix=_TRUST_FIX,
+                f"checkpoint {source} is refused by torch's weights_only loader (it stores {refused})",
+                fix=_TRUST,
             ) from error
-        raise _corrupt(path, error) from error
+        raise _corrupt(source, error) from error
     except ImportError as error:  # a trusted pickle whose classes are not importable here
         raise CheckpointError(
-            f"checkpoint {path} needs {error.name or 'a module'} which cannot be imported ({error})",
+            f"checkpoint {source} needs {error.name or 'a module'} which cannot be imported ({error})",
             fix="load it where the model's code is importable, or save model.state_dict() instead",
         ) from error
     except Exception as error:  # torch.load reports damage through many types (IndexError, KeyError, ...)
-        raise _corrupt(path, error) from error
+        raise _corrupt(source, error) from error
+
+
+def _trusted_load(source: Any, map_location: Any) -> Any:
+    import torch
+
+    if "://" in os.fspath(source):
+        from fsspec.core import url_to_fs
+
+        fs, remote = url_to_fs(os.fspath(source))
+        with fs.open(remote, "rb") as handle:
+            return torch.load(handle, map_location=map_location, weights_only=False)
+    # mmap keeps a large checkpoint's tensors on disk until they are copied into the model.
+    mmap = zipfile.is_zipfile(source)
+    return torch.load(source, map_location=map_location, weights_only=False, mmap=mmap)
 
 
 def _refused_global(message: str) -> str | None:
-    """The class weights-only loading refused, or None when the failure is corruption."""
-    match = re.search(r"GLOBAL (\S+) was not an allowed global", message)
+    """The global torch's weights_only loading refused, or None when the failure is corruption."""
+    match = re.search(r"GLOBAL (\S+) was not an allowed global", message) or re.search(
+        r"unsupported GLOBAL (\S+) whose module \S+ is blocked", message
+    )
     # A truncated pickle yields a cut name such as "torch._utils.".
     if match and not match.group(1).endswith("."):
         return match.group(1)
     return None
+
+
+def _first(names: list[str], count: int = 3) -> str:
+    shown = ", ".join(names[:count])
+    return shown + (f" and {len(names) - count} more" if len(names) > count else "")
+
+
+def _pickled_module_weights(pickled: Placeholder, path: Any) -> dict[str, Any]:
+    try:
+        return module_state_dict(pickled)
+    except ValueError as error:
+        raise CheckpointError(
+            f"checkpoint {path} holds a pickled {pickled.pickled_global}, not a module or a state_dict",
+            fix="save model.state_dict() or the model itself",
+        ) from error
 
 
 def _corrupt(path: Path, error: BaseException) -> CheckpointError:
@@ -199,14 +304,23 @@ def _is_lightning_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
     return "state_dict" in checkpoint and "pytorch-lightning_version" in checkpoint
 
 
-def _find_state_dict(checkpoint: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
+def _find_state_dict(checkpoint: Mapping[str, Any], path: Any) -> Mapping[str, Any]:
     import torch
 
     if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
         return checkpoint
     for key in _STATE_DICT_KEYS:
-        if isinstance(checkpoint.get(key), Mapping):
-            return checkpoint[key]
+        found = checkpoint.get(key)
+        if isinstance(found, Placeholder):  # {"model": model, ...} read inertly
+            return _pickled_module_weights(found, path)
+        if isinstance(found, Mapping):
+            pickled = find_placeholders(found)
+            if pickled:  # e.g. a module's get_extra_state() object
+                raise CheckpointError(
+                    f"checkpoint {path}'s {key} holds pickled objects, not only tensors ({_first(pickled)})",
+                    fix=_TRUST,
+                )
+            return found
     raise CheckpointError(
         f"checkpoint {path} holds no state_dict (top-level keys: {sorted(map(str, checkpoint))[:8]})",
         fix=f"save model.state_dict(), or a dict with one of {list(_STATE_DICT_KEYS)}",

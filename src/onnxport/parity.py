@@ -33,9 +33,21 @@ logger = logging.getLogger(__name__)
 _REL_EPS = 1e-7
 
 
-def compare(name: str, expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> OutputCheck:
-    """Elementwise ``|actual - expected| <= atol + rtol * |expected|``; NaN never passes, Inf must match."""
-    check = OutputCheck(name, tuple(expected.shape), atol, rtol)
+def compare(
+    name: str,
+    expected: np.ndarray,
+    actual: np.ndarray,
+    atol: float,
+    rtol: float,
+    *,
+    allow_nonfinite: bool = False,
+) -> OutputCheck:
+    """Elementwise ``|actual - expected| <= atol + rtol * |expected|``.
+
+    NaN or Inf in ``expected`` fails the output unless ``allow_nonfinite``; then Inf and NaN
+    must sit where ``expected`` has them.
+    """
+    check = OutputCheck(name, tuple(expected.shape), atol, rtol, allow_nonfinite=allow_nonfinite)
     if expected.shape != actual.shape:
         check.error = f"has shape {list(actual.shape)} in onnxruntime but {list(expected.shape)} in torch"
         return check
@@ -48,6 +60,8 @@ def compare(name: str, expected: np.ndarray, actual: np.ndarray, atol: float, rt
     diff[finite] = np.abs(actual[finite] - expected[finite])  # inf - inf would warn and give NaN
     magnitude[finite] = np.abs(expected[finite])
     within = (finite & (diff <= atol + rtol * magnitude)) | (np.isinf(expected) & (actual == expected))
+    if allow_nonfinite:
+        within |= np.isnan(expected) & np.isnan(actual)
     if expected.size:
         check.mismatch_pct = float(100.0 * (1.0 - within.mean()))
         check.max_abs_diff = float(diff.max())
@@ -100,7 +114,8 @@ def first_divergence(
     proto.graph.output.extend(onnx.ValueInfoProto(name=value) for value in extra)
     actual = dict(zip(graph_outputs + extra, _run_in_directory(proto, path, inputs.feed()), strict=True))
     for fx, onnx_value in names:
-        check = compare(onnx_value, expected[fx], actual[onnx_value], atol, rtol)
+        # intermediate values hold -inf masks and the like: only a difference is a divergence
+        check = compare(onnx_value, expected[fx], actual[onnx_value], atol, rtol, allow_nonfinite=True)
         if check.error is not None:  # same name, other layout: not comparable, not evidence
             continue
         if not check.passed:

@@ -3,23 +3,43 @@
 The published bytes depend only on the weights, the config and the tool versions:
 exporter stack traces, absolute paths and symbol tables are scrubbed, producer
 fields are fixed, and provenance goes into ``metadata_props`` under ``onnxport.``.
-Everything is staged in a private directory beside the output (same filesystem),
-and moved with ``os.replace`` only once the caller says so.
+
+This module owns the layout on disk:
+
+* the output and report paths are checked (and their directories made) before anything
+  is exported;
+* everything is staged in a private folder beside the output (same filesystem), named
+  after the owning process so a folder left by a killed export is swept by the next one;
+* :func:`stage_layouts` writes the file validation reads (weights beside the graph) and
+  the file that is published (weights inline, unless they go to external data);
+* :func:`commit` has one commit point: external weights go to a data file named after
+  their content (``<name>.onnx.<sha12>.data``, referenced from the header), so the
+  ``os.replace`` of the header is the only switch from the previous model to the new one.
+  The previous model's data file is removed after it; the report is written to a temporary
+  file before it and renamed right after.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import io
 import os
+import re
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxport.config import ExportConfig
 from onnxport.errors import InputError, PublishError
+from onnxport.hashing import artifact_sha256
+from onnxport.report import check_report_target, stage_report
 
 if TYPE_CHECKING:
     import onnx
@@ -30,19 +50,27 @@ PROTOBUF_LIMIT = 2**31
 """Bytes one protobuf message (one ``.onnx`` file with inline weights) can hold."""
 
 
+FAULT_ENV = "ONNXPORT_TEST_KILL_AT"
+"""Test hook: the name of a publish step at which the process SIGKILLs itself (tests/test_faults.py)."""
+PUBLISH_STEPS = ("staged", "validated", "report_staged", "data_placed", "committed", "report_replaced")
+_DATA_NAME = re.compile(r"\.([0-9a-f]{12})\.data$")
+_STAGING_NAME = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp$")
+
+
 def check_output(output: str | os.PathLike) -> Path:
-    """The absolute output path, after checking its directory exists and is writable."""
+    """The absolute output path; its directory is created when missing and must be writable."""
+    if not isinstance(output, (str, os.PathLike)):
+        raise InputError(
+            f"output={output!r} is not a path ({type(output).__name__})",
+            fix="give one file path such as model.onnx",
+        )
     path = Path(output).expanduser().absolute()
     if path.suffix != ".onnx":
         raise InputError(f"output {str(output)!r} does not end in .onnx", fix="name the output file *.onnx")
     if path.is_dir():
         raise InputError(f"output {str(output)!r} is a directory", fix="give a file path such as model.onnx")
     directory = path.parent
-    if not directory.is_dir():
-        raise InputError(
-            f"output directory {str(directory)!r} does not exist",
-            fix=f"create it first (mkdir -p {directory}) or choose an existing directory",
-        )
+    _make_directory("output", directory)
     if not os.access(directory, os.W_OK | os.X_OK):
         raise InputError(
             f"output directory {str(directory)!r} is not writable",
@@ -51,20 +79,174 @@ def check_output(output: str | os.PathLike) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def staging_dir(output: Path) -> Iterator[Path]:
-    """A private directory beside ``output``, removed with everything in it on exit."""
+def _make_directory(key: str, directory: Path) -> None:
+    """Create ``directory`` as the CLI and the callback do: one behaviour in every door."""
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(
+            f"{key} directory {str(directory)!r} cannot be created ({error.strerror})",
+            fix=f"create it first (mkdir -p {directory}) or choose a writable directory",
+        ) from None
+
+
+def report_path(config: ExportConfig, output: Path) -> Path:
+    """Where the report goes: ``validation.report``, else ``<output stem>.validation.json`` beside it."""
+    if config.validation.report:
+        return Path(config.validation.report).expanduser().absolute()
+    return output.with_name(f"{output.stem}.validation.json")
+
+
+def check_report(config: ExportConfig, output: Path) -> Path:
+    """Everything that can fail about the report, found before anything is exported.
+
+    Refused: a report path that is the output, a data file or one of the ``.rejected``
+    names; a directory; a file that is not a report (a checkpoint, say); a directory that
+    cannot be written. (Non-finite tolerances: :func:`onnxport.validation.check_tolerances`.)
+    """
+    path = report_path(config, output)
+    key = "export.validation.report"
+    taken = {
+        output: "the output file",
+        **{p: "a name kept for a rejected export" for p in rejected_paths(output)},
+    }
+    if path in taken or path == Path(f"{output}.data") or _is_data_file_of(path, output):
+        what = taken.get(path, "the output's data file")
+        raise InputError(
+            f"{key}={str(path)!r} is {what}; the report would overwrite it",
+            fix=f"set {key} to another file, e.g. {output.with_name(output.stem + '.validation.json')}",
+        )
+    check_report_target(path, key)
+    _make_directory(key, path.parent)
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise InputError(
+            f"{key}={str(path)!r} is in a directory that is not writable", fix=f"set {key} to a writable path"
+        )
+    return path
+
+
+def rejected_paths(output: Path) -> tuple[Path, Path, Path]:
+    """Where a file that failed validation, its data and its report are kept."""
+    rejected = output.with_name(f"{output.stem}.rejected.onnx")
+    return rejected, Path(f"{rejected}.data"), output.with_name(f"{output.stem}.rejected.validation.json")
+
+
+def _is_data_file_of(path: Path, output: Path) -> bool:
+    return (
+        path.parent == output.parent
+        and path.name.startswith(f"{output.name}.")
+        and bool(_DATA_NAME.search(path.name))
+    )
+
+
+# -- the staging folder ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def staging_dir(output: Path, *also_sweep: Path) -> Iterator[Path]:
+    """A private folder beside ``output``, removed with everything in it on exit or SIGTERM.
+
+    Its name carries this process's pid: a folder whose owner is gone (SIGKILL, OOM) is
+    swept by the next export into the same directory (and into ``also_sweep``).
+    """
+    sweep(output, *also_sweep)
+    try:
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{output.name}.pid{os.getpid()}.", suffix=".tmp", dir=output.parent)
+        )
     except OSError as error:
         raise InputError(
             f"cannot write in output directory {str(output.parent)!r}: {error.strerror}",
             fix="choose a directory you can write to",
         ) from None
     try:
-        yield stage
+        with terminate_as_exit():
+            yield staging
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def sweep(output: Path, *directories: Path) -> list[Path]:
+    """Remove staging folders and temporary reports whose owning process is gone.
+
+    Looks in ``output``'s directory and in ``directories`` (the report's). When no live
+    export of ``output`` is under way, data files of ``output`` that its header does not
+    reference (left by a kill between placing them and the commit) go too.
+    """
+    removed: list[Path] = []
+    live_here = False
+    for directory in dict.fromkeys([output.parent, *directories]):
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(directory):
+                match = _STAGING_NAME.match(entry.name)
+                if match is None or entry.is_symlink():
+                    continue
+                if _alive(int(match.group(1))):
+                    live_here = live_here or entry.name.startswith(f".{output.name}.")
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    if not live_here:
+        referenced = set(data_files(output))
+        for candidate in output.parent.glob(f"{glob_escape(output.name)}.*.data"):
+            if _DATA_NAME.search(candidate.name) and candidate not in referenced:
+                with contextlib.suppress(OSError):
+                    candidate.unlink()
+                    removed.append(candidate)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """SIGTERM raises ``SystemExit(143)`` here, so the same cleanup runs as for an exception.
+
+    Only the main thread can set handlers; elsewhere (and when SIGTERM is ignored) nothing
+    changes. A Python handler installed before (Lightning's) still runs first.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN:
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if callable(previous):
+            previous(signum, frame)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def fault_point(step: str) -> None:
+    """Test hook: SIGKILL this process at ``step`` when ``ONNXPORT_TEST_KILL_AT`` names it."""
+    if os.environ.get(FAULT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def provenance_metadata(
@@ -109,6 +291,52 @@ def provenance_metadata(
     return props
 
 
+@dataclass
+class Layouts:
+    """The staged files of one export: what validation reads and what is published."""
+
+    checked: Path
+    """Weights beside the graph: ``onnx.checker`` reads the graph alone (no 2x the weights in memory)."""
+    published: Path
+    """The file that goes to the output: ``checked`` itself with external data, else an inline copy."""
+    external_data: bool
+
+    def data_files(self) -> list[Path]:
+        return data_files(self.published)
+
+    def sha256(self) -> str:
+        """The published artifact's hash (header and data), from the staged files."""
+        return artifact_sha256(self.published, self.data_files())
+
+
+def stage_layouts(
+    raw: Path,
+    output: Path,
+    staging: Path,
+    *,
+    metadata: Mapping[str, str],
+    model_version: int,
+    external_data: bool,
+    validating: bool,
+) -> Layouts:
+    """Finalize ``raw`` into the layouts validation and publishing need ("finalize twice").
+
+    Validation reads a file with its weights beside the graph; when the published file keeps
+    its weights inline, the same graph and weights are then streamed into one file. Without
+    validation, or with external data, one finalize serves both.
+    """
+    checked = staging / output.name
+    options = {"metadata": metadata, "model_version": model_version}
+    finalize(raw, checked, **options, external_data=external_data or validating)
+    published = checked
+    if validating and not external_data:
+        published = staging / "inline" / output.name
+        published.parent.mkdir()
+        finalize(checked, published, **options, external_data=False)
+    fault_point("staged")
+    return Layouts(checked, published, external_data)
+
+
 def finalize(
     raw: Path,
     staged: Path,
@@ -117,11 +345,11 @@ def finalize(
     model_version: int,
     external_data: bool,
 ) -> None:
-    """Write ``raw`` as ``staged``: scrubbed, with ``metadata``, weights inline or in ``<staged>.data``.
+    """Write ``raw`` as ``staged``: scrubbed, with ``metadata``, weights inline or in a data file.
 
-    Weights are streamed one tensor at a time, so a model whose raw export keeps its
-    weights in external data (the dynamo path) is published without a second copy of
-    them in memory.
+    The data file is ``<staged name>.<sha12>.data``, named after its content. Weights are
+    streamed one tensor at a time, so a model whose raw export keeps its weights in external
+    data (the dynamo path) is published without a second copy of them in memory.
     """
     import onnx
 
@@ -136,10 +364,50 @@ def finalize(
 
     tensors = list(model.graph.initializer)
     model.graph.ClearField("initializer")  # the tensors keep their data; the header gets small
-    if external_data:
-        _write_external(model, tensors, raw.parent, staged)
-    else:
-        _write_inline(model, tensors, raw.parent, staged)
+    try:
+        if external_data:
+            _write_external(model, tensors, raw.parent, staged)
+        else:
+            _write_inline(model, tensors, raw.parent, staged)
+    except OSError as error:
+        raise disk_error(error, staged.parent) from None
+
+
+def disk_error(error: OSError, directory: Path) -> PublishError:
+    """A write that failed beside the output (full disk, quota, I/O) as a one-line error."""
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return PublishError(
+        f"could not write the exported file in {str(directory.parent)!r}: {error.strerror or error}",
+        fix="free disk space in the output directory" if full else "check the output directory and its disk",
+    )
+
+
+def data_files(header: Path, *, size_limit: int = 64 << 20) -> list[Path]:
+    """The data files ``header`` references (beside it), in order of first use.
+
+    A header over ``size_limit`` bytes keeps its weights inline (an external-data header is
+    small), so it is not parsed. Locations that leave the header's directory are ignored.
+    """
+    import onnx
+
+    try:
+        if not header.is_file() or header.stat().st_size > size_limit:
+            return []
+        model = onnx.load(str(header), load_external_data=False)
+    except Exception:  # not an ONNX file: it references nothing onnxport would touch
+        return []
+    names: dict[str, None] = {}
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and _plain_name(entry.value):
+                names[entry.value] = None
+    return [header.parent / name for name in names]
+
+
+def _plain_name(name: str) -> bool:
+    return (
+        bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+    )
 
 
 def _write_inline(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: Path) -> None:
@@ -175,15 +443,20 @@ def _write_inline(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: 
             initializer = _key(initializer_field, tensor_length)
             out.write(_key(graph_field, len(initializer) + tensor_length) + initializer + head)
             source(out)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _write_external(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: Path) -> None:
-    """The header at ``staged`` and every initializer's bytes in ``<staged>.data`` (relative location)."""
+    """The header at ``staged``, the initializers' bytes in ``<staged>.<sha12>.data`` (relative location)."""
     import onnx
 
-    location = f"{staged.name}.data"  # relative: the pair can be moved together
-    with open(staged.parent / location, "wb") as data:
-        for tensor in tensors:
+    partial = staged.parent / f"{staged.name}.partial.data"
+    digest = hashlib.sha256()
+    placed: list[tuple[int, int, int]] = []  # (tensor index, offset, length)
+    with open(partial, "wb") as handle:
+        data = _HashingWriter(handle, digest)
+        for index, tensor in enumerate(tensors):
             size = _payload_size(tensor)
             if _is_shape_data(tensor, size):  # read by shape inference: it cannot follow external data
                 if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -192,12 +465,39 @@ def _write_external(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged
                 source = _detach_payload(tensor, raw_dir)
                 offset = data.tell()
                 source(data)
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                for key, value in (("location", location), ("offset", offset), ("length", size)):
-                    tensor.external_data.add(key=key, value=str(value))
-            model.graph.initializer.append(tensor)
+                placed.append((index, offset, size))
+        handle.flush()
+        os.fsync(handle.fileno())
+    location = f"{staged.name}.{digest.hexdigest()[:12]}.data"  # relative: the pair moves together
+    if placed:
+        os.replace(partial, staged.parent / location)
+    else:
+        partial.unlink()
+    for index, offset, size in placed:
+        tensor = tensors[index]
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", offset), ("length", size)):
+            tensor.external_data.add(key=key, value=str(value))
+    model.graph.initializer.extend(tensors)
     with open(staged, "wb") as out:
         out.write(model.SerializeToString())
+        out.flush()
+        os.fsync(out.fileno())
+
+
+class _HashingWriter:
+    """A binary file that hashes what is written to it."""
+
+    def __init__(self, handle: Any, digest: Any) -> None:
+        self._handle, self._digest, self._position = handle, digest, 0
+
+    def write(self, chunk: bytes) -> int:
+        self._digest.update(chunk)
+        self._position += len(chunk)
+        return self._handle.write(chunk)
+
+    def tell(self) -> int:
+        return self._position
 
 
 SHAPE_DATA_BYTES = 1024
@@ -320,47 +620,76 @@ def _scrub_node(node: onnx.NodeProto) -> None:
             _scrub_graph(subgraph)
 
 
-def move_into_place(staged: Path, output: Path, *, external_data: bool) -> None:
-    """``os.replace`` the staged file (and its ``.data``) onto ``output``.
+def commit(
+    layouts: Layouts,
+    output: Path,
+    *,
+    report: Mapping[str, Any] | None = None,
+    report_path: Path | None = None,
+) -> None:
+    """Publish the staged files at ``output``; the header's ``os.replace`` is the one commit point.
 
-    The data file moves first so the ``.onnx`` never points at missing weights; a
-    ``.data`` left by an earlier external export of the same name is removed.
+    In order: the report is written to a temporary file (a full disk fails here, before
+    anything changed); the new data file goes beside the output under its content-derived
+    name (never the name the previous header uses, unless the bytes are the same); the header
+    is renamed onto ``output``; the report is renamed onto ``report_path``; the previous data
+    file is removed. A failure before the commit point leaves the previous model, its data
+    file and its report as they were.
     """
-    data = Path(f"{output}.data")
+    previous = [*data_files(output), Path(f"{output}.data")]
+    staged_report = stage_report(dict(report), report_path) if report is not None and report_path else None
+    fault_point("report_staged")
+    placed: list[Path] = []
     try:
-        if external_data:
-            os.replace(f"{staged}.data", data)
-        os.replace(staged, output)
-        if not external_data:
-            with contextlib.suppress(FileNotFoundError):
-                data.unlink()
-    except OSError as error:
-        raise PublishError(
-            f"could not move the exported file to {str(output)!r}: {error.strerror}",
-            fix="check the output path and its permissions",
-        ) from None
+        for data in layouts.data_files():
+            target = output.parent / data.name
+            os.replace(data, target)
+            placed.append(target)
+        fault_point("data_placed")
+        os.replace(layouts.published, output)  # the commit point
+    except BaseException as error:
+        for target in placed:
+            if target not in previous:
+                with contextlib.suppress(OSError):
+                    target.unlink()
+        if staged_report is not None:
+            with contextlib.suppress(OSError):
+                staged_report.unlink()
+        if isinstance(error, OSError):
+            raise PublishError(
+                f"could not move the exported file to {str(output)!r}: {error.strerror}",
+                fix="check the output path and its permissions",
+            ) from None
+        raise
+    fault_point("committed")
+    if staged_report is not None:
+        os.replace(staged_report, report_path)
+    fault_point("report_replaced")
+    for old in previous:
+        if old not in placed:
+            with contextlib.suppress(OSError):
+                old.unlink()
 
 
 def keep_rejected(staged: Path, output: Path) -> Path:
     """Keep a file that failed validation as ``<stem>.rejected.onnx`` beside the output, for inspection.
 
     External weights go to ``<stem>.rejected.onnx.data`` and the header is re-pointed there:
-    ``<output>.data`` belongs to the published model.
+    the output's data file belongs to the published model.
     """
     import onnx
 
-    rejected = output.with_name(f"{output.stem}.rejected.onnx")
-    rejected_data = Path(f"{rejected}.data")
-    staged_data = Path(f"{staged}.data")
+    rejected, rejected_data, _ = rejected_paths(output)
+    staged_data = data_files(staged)
     with contextlib.suppress(OSError):
-        if staged_data.exists():
+        if staged_data:
             header = onnx.load(str(staged), load_external_data=False)
             for tensor in header.graph.initializer:
                 for entry in tensor.external_data:
                     if entry.key == "location":
                         entry.value = rejected_data.name
             staged.write_bytes(header.SerializeToString())
-            os.replace(staged_data, rejected_data)
+            os.replace(staged_data[0], rejected_data)
         else:
             rejected_data.unlink(missing_ok=True)  # left by an earlier rejected external export
         os.replace(staged, rejected)

@@ -10,10 +10,21 @@ Only the standard library is imported here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from onnxport.errors import InputError
+
+if TYPE_CHECKING:
+    from onnxport.config import ValidationConfig
+
+REPORT_SIZE_LIMIT = 1 << 20
+"""Bytes a validation report may have: anything larger is not one (``inspect`` reads no more)."""
 
 
 @dataclass
@@ -33,23 +44,33 @@ class OutputCheck:
     inf_ort: int = 0
     error: Optional[str] = None
     """Why the output could not be compared (e.g. shapes differ), ``None`` when it was."""
+    allow_nonfinite: bool = False
+    """NaN and Inf in the torch output are expected (``per_output.<name>.allow_nonfinite``)."""
     tolerance_use: float = 0.0
     """``max(|ort - torch| / (atol + rtol*|torch|))``: 1.0 is at the limit, above it fails."""
 
     @property
     def non_finite(self) -> bool:
-        """NaN on either side, or Inf that the other side does not match."""
-        return bool(self.nan_torch or self.nan_ort or self.inf_torch != self.inf_ort)
+        """NaN or Inf that fails: any at all, or with ``allow_nonfinite`` any the two sides do not share."""
+        if self.allow_nonfinite:
+            return bool(self.nan_torch != self.nan_ort or self.inf_torch != self.inf_ort)
+        return bool(self.nan_torch or self.nan_ort or self.inf_torch or self.inf_ort)
 
     @property
     def passed(self) -> bool:
-        # NaN and unmatched Inf count as mismatched elements; Inf on both sides may pass
-        return self.error is None and self.mismatch_pct == 0.0
+        # NaN and unmatched Inf count as mismatched elements; a non-finite reference fails unless allowed
+        return self.error is None and self.mismatch_pct == 0.0 and not self.non_finite
 
     def problem(self) -> str:
         """One phrase saying why this output failed."""
         if self.error:
             return self.error
+        if not self.allow_nonfinite and (self.nan_torch or self.inf_torch) and self.mismatch_pct == 0.0:
+            count = self.nan_torch + self.inf_torch
+            return (
+                f"has {count} NaN/Inf elements in torch's own output (set "
+                f"export.validation.per_output.{self.name}.allow_nonfinite=true if they are expected)"
+            )
         nan = [side for side, count in (("torch", self.nan_torch), ("onnxruntime", self.nan_ort)) if count]
         if nan:
             return f"NaN found in the {' and '.join(nan)} output"
@@ -82,6 +103,10 @@ class CaseResult:
     outputs: list[OutputCheck] = field(default_factory=list)
     error: Optional[str] = None
     """Why the case could not run at all (torch or onnxruntime raised)."""
+    torch_ms: Optional[float] = None
+    """Median milliseconds of eager PyTorch at this case's sizes (``None``: timing off)."""
+    ort_ms: Optional[float] = None
+    """Median milliseconds of ONNX Runtime at this case's sizes (``None``: timing off)."""
 
     @property
     def passed(self) -> bool:
@@ -109,12 +134,19 @@ class ValidationReport:
     """With ``validation.localize``: the first operator whose output diverges, as a phrase."""
     run: dict[str, Any] = field(default_factory=dict)
     """Run context (git commit and dirty flag, host, time); kept out of the model file."""
-    case_latency: list[dict[str, Any]] = field(default_factory=list)
-    """Median milliseconds per case: ``{"case", <axis sizes>, "torch_ms", "onnxruntime_ms"}``."""
 
     @property
     def passed(self) -> bool:
         return bool(self.cases) and all(case.passed for case in self.cases)
+
+    @property
+    def case_latency(self) -> list[dict[str, Any]]:
+        """Median milliseconds per timed case: ``{"case", <axis sizes>, "torch_ms", "onnxruntime_ms"}``."""
+        return [
+            {"case": case.label, **case.sizes, "torch_ms": case.torch_ms, "onnxruntime_ms": case.ort_ms}
+            for case in self.cases
+            if case.torch_ms is not None and case.ort_ms is not None
+        ]
 
     @property
     def failed_cases(self) -> list[CaseResult]:
@@ -158,7 +190,7 @@ class ValidationReport:
         metrics["outputs"] = outputs
         metrics["tolerances"] = {"atol": self.atol, "rtol": self.rtol, **self.per_output}
         if self.case_latency:
-            metrics["latency"] = [dict(row) for row in self.case_latency]
+            metrics["latency"] = self.case_latency
         metrics["run"] = dict(self.run)
         return metrics
 
@@ -208,15 +240,15 @@ class ValidationReport:
             for case in self.cases
             for o in case.outputs
         ]
-        return {"parity": parity, "latency": [dict(row) for row in self.case_latency]}
+        return {"parity": parity, "latency": self.case_latency}
 
     def write_json(self, path: str | os.PathLike[str]) -> str:
-        """Write :meth:`to_dict` as JSON (a DVC metrics file); returns the path written."""
-        path = os.fspath(path)
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True, allow_nan=False)
-            handle.write("\n")
-        return path
+        """Write :meth:`to_dict` as JSON (a DVC metrics file), atomically; returns the path written.
+
+        Refuses (``InputError``) a path that is a directory or holds something other than an
+        onnxport report: a wrong path must not destroy a model or a checkpoint.
+        """
+        return write_report(self.to_dict(), path)
 
     # -- for people ----------------------------------------------------------------------
 
@@ -265,6 +297,117 @@ class ValidationReport:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+# -- writing reports -------------------------------------------------------------------------
+
+
+def read_report(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The report at ``path`` as a dict, or ``None`` when it is not a regular file under
+    :data:`REPORT_SIZE_LIMIT` holding a JSON object with ``passed`` (a FIFO, a device, a
+    symlink out of the way and any other file all give ``None``; nothing blocks)."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then says it is no file
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not _is_regular(info.st_mode) or info.st_size > REPORT_SIZE_LIMIT:
+            return None
+        raw = handle.read(REPORT_SIZE_LIMIT + 1)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and "passed" in data else None
+
+
+def check_report_target(path: str | os.PathLike[str], key: str = "report") -> Path:
+    """Refuse a report path whose current content is not a report; returns it absolute.
+
+    A symlink at ``path`` is fine: the write replaces the link, never its target.
+    """
+    target = Path(path).expanduser().absolute()
+    if target.is_dir() and not target.is_symlink():
+        raise InputError(
+            f"{key}={str(path)!r} is a directory", fix=f"set {key} to a file path such as validation.json"
+        )
+    if os.path.lexists(target) and not target.is_symlink() and read_report(target) is None:
+        raise InputError(
+            f"{key}={str(path)!r} exists and is not an onnxport validation report; refusing to overwrite it",
+            fix=f"set {key} to another path, or remove the file if it may go",
+        )
+    return target
+
+
+def write_report(data: dict[str, Any], path: str | os.PathLike[str]) -> str:
+    """Write ``data`` as JSON at ``path`` through a temporary file and ``os.replace``."""
+    check_report_target(path)
+    return write_json_atomic(data, path)
+
+
+def write_results(report: ValidationReport, settings: ValidationConfig) -> list[Path]:
+    """Write what ``settings`` asks for beside the full report, for DVC; returns the paths written.
+
+    ``settings.metrics``: :meth:`ValidationReport.metrics`, a few numbers that ``dvc metrics
+    show`` prints readably and ``dvc metrics diff`` compares (no strings, no latency noise).
+    ``settings.plots``: ``parity.json`` (each case and output, worst difference against its
+    tolerance) and ``latency.json`` (torch vs ONNX Runtime at each case's sizes).
+    """
+    files: dict[Path, Any] = {}
+    if settings.metrics:
+        files[Path(settings.metrics)] = report.metrics()
+    if settings.plots:
+        for name, rows in report.plots().items():
+            files[Path(settings.plots) / f"{name}.json"] = rows
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(data, path)
+    return list(files)
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike[str]) -> str:
+    """``data`` as JSON at ``path``: a temporary file beside it, flushed, then ``os.replace``."""
+    os.replace(stage_report(data, path), path)
+    return os.fspath(path)
+
+
+def stage_report(data: Any, path: str | os.PathLike[str]) -> Path:
+    r"""``data`` written and flushed to a temporary file beside ``path``; the caller ``os.replace``\ s it.
+
+    A full disk or a missing permission fails here, before anything is replaced. The temporary
+    name carries this pid, so the next export sweeps it when a kill left it behind.
+    """
+    target = Path(path)
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            prefix=f".{target.name}.pid{os.getpid()}.", suffix=".tmp", dir=target.parent
+        )
+    except OSError as error:
+        raise InputError(
+            f"report {str(path)!r} cannot be written: {error.strerror}", fix="choose a writable report path"
+        ) from None
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise InputError(
+            f"report {str(path)!r} cannot be written: {error.strerror}",
+            fix="free disk space or choose another path",
+        ) from None
+    return Path(temporary)
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
 
 
 def _readable(value: float) -> float:

@@ -1,24 +1,36 @@
-"""One source of truth for a Hydra app running as a DVC stage.
+"""DVC stage support: one source of truth for a Hydra config run as a DVC stage (public API).
 
 DVC composes ``conf/`` (plus ``dvc exp run -S`` overrides) into ``params.yaml`` only in
-``dvc exp run``; plain ``dvc repro`` never does, while a ``@hydra.main`` script reads ``conf/``
-and so ignores ``-S``. :func:`resolve_stage_config` makes both paths agree:
+``dvc exp run``; plain ``dvc repro`` never does, while a stage that composes ``conf/`` itself
+ignores ``-S``. :func:`resolve_stage_config` makes both paths agree:
 
 - ``dvc exp run`` (``DVC_EXP_NAME`` set): ``params.yaml`` was just composed from ``conf/`` and
-  ``-S``, so it is merged over the config; overrides on the stage's own command line still win.
+  ``-S``, so it is merged over the config; the stage's own command-line overrides are applied
+  to it once more, so they still win (and ``+key=value`` still appends).
 - ``dvc repro`` (``DVC_STAGE`` set, no ``DVC_EXP_NAME``): the config composed from ``conf/`` is
   used as is, and ``params.yaml`` is rewritten (only when its content differs) with exactly what
-  ``dvc exp run`` would compose, so the params recorded in ``dvc.lock`` are the ones that ran.
+  ``dvc exp run`` would compose (:func:`refresh_params`), so the params recorded in ``dvc.lock``
+  are the ones that ran.
 - outside DVC: the config unchanged.
 
-Every stage command that is a Hydra app calls it first::
+A stage composes its config and calls it first. With Hydra's compose API, as the reference
+pipeline's stages do (``pipelines/config.py``)::
 
-    @hydra.main(config_path="../conf", config_name="config", version_base=None)
+    from onnxport.hydra_config import compose
+    from onnxport.stage import resolve_stage_config
+
+    overrides = sys.argv[1:]
+    cfg = resolve_stage_config(compose("conf", "config", overrides), overrides)
+
+or in a ``@hydra.main`` app, as ``onnxport export`` does (the overrides come from Hydra)::
+
+    @hydra.main(config_path="conf", config_name="config", version_base=None)
     def train(cfg):
         cfg = resolve_stage_config(cfg)
-        ...
 
-``onnxport export`` does this for the export stage.
+DVC's composition resolves the whole config into ``params.yaml`` outside any Hydra app, so
+``${hydra:...}`` interpolations (the lightning-hydra-template's ``paths.output_dir``) and unset
+``${oc.env:...}`` fail there; :func:`refresh_params` names the key and the fix.
 """
 
 from __future__ import annotations
@@ -39,26 +51,24 @@ log = logging.getLogger(__name__)
 PARAMS_FILE = "params.yaml"  # the only file DVC's Hydra composition writes
 
 
-def compose_config(
-    config_dir: str | os.PathLike[str], config_name: str, overrides: Sequence[str] = ()
-) -> DictConfig:
-    """Compose ``config_dir/config_name`` with ``overrides``, with onnxport's schema registered."""
-    from hydra import compose, initialize_config_dir
+def resolve_stage_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> DictConfig:
+    """The config a DVC stage should run with (see the module docstring).
 
-    from onnxport.cli import register_configs
+    Args:
+        cfg: the config the stage composed from ``conf/`` (with its command-line overrides).
+        overrides: those command-line overrides; ``None`` reads them from a running
+            ``@hydra.main`` app (``HydraConfig``), else none.
 
-    register_configs()
-    with initialize_config_dir(str(Path(config_dir).resolve()), version_base=None):
-        return compose(config_name, overrides=list(overrides))
-
-
-def resolve_stage_config(cfg: DictConfig) -> DictConfig:
-    """The config a DVC stage should run with (see the module docstring)."""
+    Outside DVC ``cfg`` is returned unchanged. Under ``dvc repro`` ``params.yaml`` may be
+    rewritten (:func:`refresh_params`). Nothing is resolved.
+    """
     if "DVC_STAGE" not in os.environ:
         return cfg
     root = _repo_root()
     if os.environ.get("DVC_EXP_NAME"):
-        return _merge_params(cfg, root / PARAMS_FILE)
+        if overrides is None:
+            overrides = _command_line_overrides()
+        return _merge_params(cfg, root / PARAMS_FILE, overrides)
     refresh_params(root)
     return cfg
 
@@ -66,10 +76,19 @@ def resolve_stage_config(cfg: DictConfig) -> DictConfig:
 def refresh_params(root: str | os.PathLike[str]) -> bool:
     """Compose ``conf/`` into ``params.yaml`` as ``dvc exp run`` does; return whether it changed.
 
-    Does nothing unless ``hydra.enabled`` is set in the repository's DVC config.
+    ``root`` is the DVC repository (the directory holding ``.dvc/``). Reads the ``hydra``
+    section of its DVC config (``config_dir``, ``config_name``, ``config_module``,
+    ``plugins_path``) and does nothing unless ``hydra.enabled`` is set. The file is rewritten
+    only when its content differs. Run ``python -c "from onnxport.stage import refresh_params;
+    refresh_params('.')"`` after editing ``conf/`` so ``dvc.yaml`` sees new paths.
+
+    Raises:
+        ConfigError: the config does not resolve outside a Hydra app (as DVC resolves it),
+            naming the key and the fix.
     """
     from dvc.config import Config
     from dvc.utils.hydra import compose_and_dump
+    from omegaconf.errors import OmegaConfBaseException
 
     root = Path(root).resolve()  # Hydra wants an absolute config dir
     hydra = Config(dvc_dir=str(root / ".dvc")).get("hydra", {})
@@ -80,14 +99,17 @@ def refresh_params(root: str | os.PathLike[str]) -> bool:
     params = root / PARAMS_FILE
     with tempfile.TemporaryDirectory() as scratch, _fresh_global_hydra():
         composed = Path(scratch) / PARAMS_FILE
-        compose_and_dump(
-            composed,
-            config_dir,
-            config_module,
-            hydra.get("config_name", "config"),
-            str(root / hydra.get("plugins_path", "")),
-            [],
-        )
+        try:
+            compose_and_dump(
+                composed,
+                config_dir,
+                config_module,
+                hydra.get("config_name", "config"),
+                str(root / hydra.get("plugins_path", "")),
+                [],
+            )
+        except OmegaConfBaseException as error:
+            raise _dvc_composition_error(error) from error
         text = composed.read_text(encoding="utf-8")
     if params.is_file() and params.read_text(encoding="utf-8") == text:
         return False
@@ -96,22 +118,38 @@ def refresh_params(root: str | os.PathLike[str]) -> bool:
     return True
 
 
-def _merge_params(cfg: DictConfig, params: Path) -> DictConfig:
+def _dvc_composition_error(error: BaseException) -> Exception:
+    from onnxport.errors import ConfigError
+    from onnxport.hydra_config import unresolvable
+
+    named = unresolvable(getattr(error, "full_key", None) or "the config", error)
+    return ConfigError(
+        f"DVC's Hydra composition (dvc exp run) resolves the whole config: {named.message}",
+        fix=f"{named.fix}, in the config DVC composes (hydra.config_name in .dvc/config)",
+    )
+
+
+def _merge_params(cfg: DictConfig, params: Path, overrides: Sequence[str]) -> DictConfig:
+    """``params.yaml`` over ``cfg``, with the stage's command-line overrides applied once.
+
+    ``cfg`` already has the overrides; DVC composed ``params.yaml`` without them, so they are
+    applied to the params before the merge (applying them to the merged config a second time
+    fails on ``+key=value``: the key exists by then).
+    """
     from omegaconf import OmegaConf
 
     if not params.is_file():
         return cfg
-    merged = OmegaConf.merge(cfg, OmegaConf.load(params))
-    overrides = _command_line_overrides()
+    composed = OmegaConf.load(params)
     if overrides:
         # Same call DVC uses to apply `-S` to a params file.
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         ConfigLoaderImpl._apply_overrides_to_config(
-            OverridesParser.create().parse_overrides(overrides), merged
+            OverridesParser.create().parse_overrides(list(overrides)), composed
         )
-    return merged
+    return OmegaConf.merge(cfg, composed)
 
 
 def _command_line_overrides() -> list[str]:

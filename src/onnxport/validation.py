@@ -33,6 +33,7 @@ import torch
 from onnxport.config import ExportConfig, InputSpec, ValidationConfig
 from onnxport.errors import (
     CheckerError,
+    ConfigError,
     InputError,
     NonFiniteError,
     ParityError,
@@ -40,9 +41,9 @@ from onnxport.errors import (
     SignatureMismatchError,
     one_line,
 )
-from onnxport.exporters import preserved_state, probe
+from onnxport.hashing import artifact_sha256
 from onnxport.inputs import ModelInputs, flatten_outputs, generate_inputs, prepare_inputs
-from onnxport.load import file_sha256
+from onnxport.model_state import preserved_state, probe
 from onnxport.parity import compare, first_divergence, to_numpy
 from onnxport.provenance import run_context
 from onnxport.report import CaseResult, ValidationReport
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["ValidationReport", "validate"]
 
 logger = logging.getLogger(__name__)
+
+# Seconds of timed calls per case and runtime (torch, ORT) beyond the parity call itself.
+LATENCY_BUDGET_S = 0.25
 
 
 def validate(
@@ -91,19 +95,37 @@ def validate(
         report.write_json("model.validation.json")  # a DVC metrics file
     """
     config = ExportConfig.coerce(config, **options)
-    settings = config.validation
     path = Path(onnx_path)
     if not path.is_file():
-        raise InputError(f"ONNX file {str(path)!r} does not exist", fix="pass the path of an exported file")
+        problem = "is a directory" if path.is_dir() else "does not exist"
+        raise InputError(f"ONNX file {str(path)!r} {problem}", fix="pass the path of an exported file")
     _check_model(model)
-    example = prepare_inputs(model, example_inputs, config)  # as export prepares them
+    with preserved_state(model):
+        example = prepare_inputs(model, example_inputs, config)  # as export prepares them
+        return run_validation(path, model, example, config, samples=samples)
 
+
+def run_validation(
+    path: Path,
+    model: Any,
+    example: ModelInputs,
+    config: ExportConfig,
+    *,
+    samples: Optional[Sequence[Any]] = None,
+) -> ValidationReport:
+    """:func:`validate` on prepared inputs; :func:`onnxport.export` calls it on its staged file."""
+    from onnxport.inspection import load_header
+    from onnxport.publish import data_files
+
+    settings = config.validation
+    check_tolerances(settings)
+    load_header(path)  # a file that is no ONNX model is bad input (exit 2), not a failed validation
     check_file(path)
     session = open_session(path)
     graph_inputs = session.get_inputs()
     graph_outputs = [meta.name for meta in session.get_outputs()]
 
-    with preserved_state(model), _exact_float32():
+    with preserved_state(model), _exact_float32():  # a no-op inside export's own preserved_state
         output_names = [name for name, _ in flatten_outputs(probe(model, example))]
         _check_signature(path, graph_inputs, graph_outputs, example, config.output_names or output_names)
         axes = _dynamic_axes(graph_inputs, example)
@@ -112,9 +134,9 @@ def validate(
             cases += [_sample_case(i, model, sample, axes, config) for i, sample in enumerate(samples)]
         else:
             cases += _generated_cases(example, axes, settings)
-        tolerances = {name: _tolerance(settings, name) for name in graph_outputs}
-        results = [_run_case(case, model, session, graph_outputs, tolerances) for case in cases]
-        torch_ms, ort_ms = _latency(model, example, session, settings.latency_runs)
+        tolerances = {name: _tolerance(settings, name) for name in graph_outputs}  # (atol, rtol, allow)
+        runs = settings.latency_runs
+        results = [_run_case(case, model, session, graph_outputs, tolerances, runs) for case in cases]
         divergence = _localize(path, model, cases, results, settings) if settings.localize else None
 
     report = ValidationReport(
@@ -123,15 +145,15 @@ def validate(
         atol=settings.atol,
         rtol=settings.rtol,
         per_output={
-            name: {"atol": atol, "rtol": rtol}
-            for name, (atol, rtol) in tolerances.items()
-            if (atol, rtol) != (settings.atol, settings.rtol)
+            name: {"atol": atol, "rtol": rtol, **({"allow_nonfinite": 1} if allow else {})}
+            for name, (atol, rtol, allow) in tolerances.items()
+            if (atol, rtol, allow) != (settings.atol, settings.rtol, False)
         },
-        torch_latency_ms=torch_ms,
-        ort_latency_ms=ort_ms,
+        torch_latency_ms=results[0].torch_ms,  # the export shape
+        ort_latency_ms=results[0].ort_ms,
         first_divergence=divergence,
         # The file's hash ties the report to the exact bytes it vouches for (`onnxport inspect`).
-        run={**run_context(), "onnx_sha256": file_sha256(path)},
+        run={**run_context(), "onnx_sha256": artifact_sha256(path, data_files(path))},
     )
     if report.passed:
         logger.info("%s", report.summary())
@@ -175,14 +197,47 @@ def check_file(path: Path) -> None:
 def open_session(path: Path) -> onnxruntime.InferenceSession:
     """An ONNX Runtime CPU session for ``path``."""
     import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
     try:
         return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+        if isinstance(error, ort_errors.NotImplemented) and _uses_bfloat16(path):
+            raise SessionError(
+                f"onnxruntime {ort.__version__} cannot run {path.name}: no bf16 kernel in ORT's CPU provider "
+                f"({one_line(error)})",
+                fix="export the model in float32 (model.float() and float32 inputs); cast to bf16 afterwards "
+                "for a runtime that has bf16 kernels",
+            ) from error
         raise SessionError(
             f"onnxruntime {ort.__version__} cannot load {path.name}: {one_line(error)}",
             fix="export with an opset this onnxruntime supports, or upgrade onnxruntime",
         ) from error
+
+
+def _uses_bfloat16(path: Path) -> bool:
+    import onnx
+
+    header = onnx.load(os.fspath(path), load_external_data=False)
+    bf16 = onnx.TensorProto.BFLOAT16
+    values = [*header.graph.input, *header.graph.output, *header.graph.value_info]
+    return any(t.data_type == bf16 for t in header.graph.initializer) or any(
+        v.type.tensor_type.elem_type == bf16 for v in values
+    )
+
+
+def check_tolerances(settings: ValidationConfig) -> None:
+    """Refuse NaN and Inf tolerances: they pass everything, and JSON cannot hold them."""
+    import math
+
+    values = [("atol", settings.atol), ("rtol", settings.rtol)]
+    for name, override in settings.per_output.items():
+        values += [(f"per_output.{name}.atol", override.atol), (f"per_output.{name}.rtol", override.rtol)]
+    for key, value in values:
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(
+                f"export.validation.{key}={value} is not a finite number", fix="use a finite tolerance >= 0"
+            )
 
 
 def _check_signature(
@@ -319,16 +374,19 @@ def _run_case(
     model: Any,
     session: onnxruntime.InferenceSession,
     output_names: list[str],
-    tolerances: dict[str, tuple[float, float]],
+    tolerances: dict[str, tuple[float, float, bool]],
+    latency_runs: int,
 ) -> CaseResult:
     result = CaseResult(case.label, case.sizes)
+    feed = case.inputs.feed()
     try:
-        expected = _flat_outputs(case.inputs.call(model))
+        expected, result.torch_ms = _timed(lambda: case.inputs.call(model), latency_runs)
+        expected = _flat_outputs(expected)
     except Exception as error:  # the model itself cannot run at this size
         result.error = f"torch raised {type(error).__name__}: {one_line(error)}"
         return result
     try:
-        actual = session.run(None, case.inputs.feed())
+        actual, result.ort_ms = _timed(lambda: session.run(None, feed), latency_runs)
     except Exception as error:  # e.g. a Reshape that baked in the export size
         result.error = f"onnxruntime raised {one_line(error)}"
         return result
@@ -336,8 +394,9 @@ def _run_case(
         result.error = f"torch returned {len(expected)} tensors, onnxruntime {len(actual)}"
         return result
     for name, torch_value, ort_value in zip(output_names, expected, actual, strict=True):
-        atol, rtol = tolerances[name]
-        result.outputs.append(compare(name, to_numpy(torch_value), np.asarray(ort_value), atol, rtol))
+        atol, rtol, allow = tolerances[name]
+        check = compare(name, to_numpy(torch_value), np.asarray(ort_value), atol, rtol, allow_nonfinite=allow)
+        result.outputs.append(check)
     return result
 
 
@@ -356,34 +415,39 @@ def _flat_outputs(outputs: Any) -> list[torch.Tensor]:
     return [tensor for _, tensor in flatten_outputs(outputs)]
 
 
-def _tolerance(settings: ValidationConfig, name: str) -> tuple[float, float]:
+def _tolerance(settings: ValidationConfig, name: str) -> tuple[float, float, bool]:
     override = settings.per_output.get(name)
     if override is None:
-        return settings.atol, settings.rtol
+        return settings.atol, settings.rtol, False
     return (
         settings.atol if override.atol is None else override.atol,
         settings.rtol if override.rtol is None else override.rtol,
+        override.allow_nonfinite,
     )
 
 
-def _latency(
-    model: Any, example: ModelInputs, session: onnxruntime.InferenceSession, runs: int
-) -> tuple[Optional[float], Optional[float]]:
-    """Median milliseconds over ``runs`` calls at the export shape, after one warm-up call."""
+def _timed(function: Any, runs: int) -> tuple[Any, Optional[float]]:
+    """The parity call's result, and its median milliseconds over up to ``runs`` calls.
+
+    The parity call itself is the warm-up. Timing stops once it has taken
+    :data:`LATENCY_BUDGET_S` (a large model gets one timed call, not ``runs``), so latency
+    never dominates validation; ``runs`` 0 times nothing.
+    """
+    start = time.perf_counter()
+    value = function()
+    first = time.perf_counter() - start
     if runs <= 0:
-        return None, None
-    feed = example.feed()
-    return _median_ms(lambda: example.call(model), runs), _median_ms(lambda: session.run(None, feed), runs)
-
-
-def _median_ms(function: Any, runs: int) -> float:
-    function()
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        function()
-        timings.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(timings)
+        return value, None
+    timings = [first]
+    if first < LATENCY_BUDGET_S:
+        timings = []
+        spent = first
+        while len(timings) < runs and spent < LATENCY_BUDGET_S:
+            start = time.perf_counter()
+            function()
+            timings.append(time.perf_counter() - start)
+            spent += timings[-1]
+    return value, 1000.0 * statistics.median(timings)
 
 
 # -- context ----------------------------------------------------------------------------------

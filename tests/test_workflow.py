@@ -23,7 +23,7 @@ import onnxport
 from conftest import REPO_ROOT, Mysterious, TinyCNN, TinyMLP, run_onnx
 from onnxport import publish
 from onnxport.errors import ConfigError, InputError, UnsupportedOperatorError, ValidationError
-from onnxport.load import file_sha256
+from onnxport.hashing import file_sha256
 from onnxport.provenance import weights_sha256
 
 
@@ -32,6 +32,17 @@ class FixedBatch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + torch.ones(2, 4)
+
+
+class FixedBatchWeights(nn.Module):
+    """FixedBatch with its ones as a parameter: an initializer that goes to external data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ones = nn.Parameter(torch.ones(2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ones
 
 
 def listing(directory: Path) -> list[str]:
@@ -145,9 +156,13 @@ def test_validation_off_publishes_unchecked_and_says_so(tmp_path, mlp, mlp_input
     result = onnxport.export(
         mlp, mlp_input, tmp_path / "m.onnx", exporter="torchscript", validation={"enabled": False}
     )
-    assert result.validation is None and result.report_path is None
+    assert result.validation is None
     assert props(result.path)["onnxport.validation_enabled"] == "false"
-    assert listing(tmp_path) == ["m.onnx"]
+    assert listing(tmp_path) == ["m.onnx", "m.validation.json"]
+    # the report says so: a previous "passed" report must not sit beside an unvalidated model
+    report = json.loads(result.report_path.read_text())
+    assert report["passed"] == 0 and report["validated"] == 0
+    assert report["run"]["onnx_sha256"] == result.sha256
 
 
 def test_provenance_includes_the_checkpoint_hash_and_git_state(git_repo, mlp, mlp_input):
@@ -210,17 +225,16 @@ def test_bad_input_is_a_clear_error_and_leaves_a_previous_file_untouched(tmp_pat
     assert output.read_bytes() == b"the previous, good model"
 
 
-def test_a_missing_output_directory_fails_before_exporting(tmp_path, mlp, mlp_input):
-    with pytest.raises(InputError, match=r"output directory .* does not exist"):
-        onnxport.export(mlp, mlp_input, tmp_path / "missing" / "model.onnx")
-    assert listing(tmp_path) == []
-
-
-def test_a_report_path_in_a_missing_directory_fails_before_exporting(tmp_path, mlp, mlp_input):
+def test_missing_output_and_report_directories_are_created_as_in_every_door(tmp_path, mlp, mlp_input):
     report = tmp_path / "metrics" / "validation.json"
-    with pytest.raises(InputError, match=r"export.validation.report=.* directory that does not exist"):
-        onnxport.export(mlp, mlp_input, tmp_path / "model.onnx", validation={"report": str(report)})
-    assert listing(tmp_path) == []
+    result = onnxport.export(
+        mlp,
+        mlp_input,
+        tmp_path / "missing" / "model.onnx",
+        exporter="torchscript",
+        validation={"report": str(report)},
+    )
+    assert result.path.is_file() and result.report_path == report and report.is_file()
 
 
 def test_a_file_that_fails_validation_is_rejected_and_the_output_untouched(tmp_path):
@@ -240,7 +254,7 @@ def test_a_rejected_external_data_file_keeps_its_own_weights(tmp_path):
     Path(f"{output}.data").write_bytes(b"its weights")
     with pytest.raises(ValidationError):
         onnxport.export(
-            FixedBatch(), torch.randn(2, 4), output, exporter="torchscript", external_data="always"
+            FixedBatchWeights(), torch.randn(2, 4), output, exporter="torchscript", external_data="always"
         )
     assert output.read_bytes() == b"the previous, good model"
     assert Path(f"{output}.data").read_bytes() == b"its weights"
@@ -415,14 +429,15 @@ def test_auto_moves_weights_to_a_data_file_past_the_protobuf_limit(tmp_path, mon
     result = onnxport.export(model, x, tmp_path / "model.onnx", exporter=exporter)
 
     assert result.external_data and result.validation.passed
-    assert sorted(p.name for p in tmp_path.glob("model.onnx*")) == ["model.onnx", "model.onnx.data"]
+    data = result.data_path
+    assert sorted(p.name for p in tmp_path.glob("model.onnx*")) == ["model.onnx", data.name]
     locations = {
         entry.value
         for tensor in onnx.load(str(tmp_path / "model.onnx"), load_external_data=False).graph.initializer
         for entry in tensor.external_data
         if entry.key == "location"
     }
-    assert locations == {"model.onnx.data"}  # relative: the pair can move together
+    assert locations == {data.name}  # relative: the pair can move together
     (got,) = run_onnx(tmp_path / "model.onnx", {"x": x.numpy()})
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
 
@@ -446,7 +461,7 @@ def test_auto_counts_the_weights_the_file_holds_not_the_parameters(tmp_path, mon
     # dynamo lifts the table into an initializer (TorchScript keeps it in a Constant node)
     result = onnxport.export(model, torch.randn(2, 64), tmp_path / "model.onnx", exporter="dynamo")
 
-    assert result.external_data and (tmp_path / "model.onnx.data").stat().st_size >= 64 * 64 * 4
+    assert result.external_data and result.data_path.stat().st_size >= 64 * 64 * 4
 
 
 def test_never_refuses_weights_past_the_protobuf_limit(tmp_path, monkeypatch):
