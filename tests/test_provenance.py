@@ -14,7 +14,7 @@ import torch
 
 import onnxport
 from conftest import TinyCNN, TinyMLP
-from onnxport.load import file_sha256
+from onnxport.hashing import file_sha256
 from onnxport.provenance import weights_sha256
 
 

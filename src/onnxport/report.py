@@ -347,19 +347,21 @@ def write_report(data: dict[str, Any], path: str | os.PathLike[str]) -> str:
     return write_json_atomic(data, path)
 
 
-def write_results(report: ValidationReport, settings: ValidationConfig) -> list[Path]:
+def write_results(report: Optional[ValidationReport], settings: ValidationConfig) -> list[Path]:
     """Write what ``settings`` asks for beside the full report, for DVC; returns the paths written.
 
     ``settings.metrics``: :meth:`ValidationReport.metrics`, a few numbers that ``dvc metrics
     show`` prints readably and ``dvc metrics diff`` compares (no strings, no latency noise).
     ``settings.plots``: ``parity.json`` (each case and output, worst difference against its
     tolerance) and ``latency.json`` (torch vs ONNX Runtime at each case's sizes).
+    ``report`` is ``None`` when validation was off: the metrics then say so (``passed: 0,
+    validated: 0``) and the plots are empty, so nothing vouches for an unvalidated model.
     """
     files: dict[Path, Any] = {}
     if settings.metrics:
-        files[Path(settings.metrics)] = report.metrics()
+        files[Path(settings.metrics)] = report.metrics() if report else {"passed": 0, "validated": 0}
     if settings.plots:
-        for name, rows in report.plots().items():
+        for name, rows in (report.plots() if report else {"parity": [], "latency": []}).items():
             files[Path(settings.plots) / f"{name}.json"] = rows
     for path, data in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -146,8 +146,7 @@ def export(
         publish.commit(
             layouts, output, report=_report(validation, output, sha256, context), report_path=report_path
         )
-    if validation is not None:
-        write_results(validation, config.validation)  # DVC metrics and plots, when asked for
+    write_results(validation, config.validation)  # DVC metrics and plots, when asked for
     return _result(run, output, sha256, config, validation, report_path, context, started)
 
 
