@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -233,14 +234,14 @@ def test_a_failing_export_under_dvc_repro_keeps_the_previous_model_and_report(pi
     )
     output = run_failing([str(BIN / "dvc"), "repro"], root)
     assert "validation cases failed" in output
-    evidence = sorted(p.name for p in (root / "models").iterdir() if ".rejected." in p.name)
-    assert evidence == ["model.rejected.onnx", "model.rejected.validation.json"]
-    for path in evidence:
-        (root / "models" / path).unlink()  # inspected and removed, as the README says
-    for name, files in kept.items():
-        assert tree_bytes(root / name) == files, name  # persist: DVC did not delete them first
+    evidence = {name for name in tree_bytes(root / "models") if ".rejected." in name}
+    assert evidence == {"model.rejected.onnx", "model.rejected.validation.json"}
+    for name, files in kept.items():  # persist: DVC did not delete them first
+        assert {k: v for k, v in tree_bytes(root / name).items() if k not in evidence} == files, name
     git(root, "checkout", "--", "conf", "params.yaml")
-    assert ran_stages(dvc(root, "repro")) == []
+    assert ran_stages(dvc(root, "repro")) == []  # the evidence is in .dvcignore: the out is unchanged
+    for name in evidence:
+        (root / "models" / name).unlink()
 
 
 def test_exp_run_with_another_tolerance_keeps_the_model_md5_and_skips_evaluate(pipeline: Pipeline):
@@ -342,3 +343,22 @@ def test_quick_start_adds_the_stage_to_an_existing_project(pipeline: Pipeline, t
     git(project, "commit", "-q", "-m", "export")
     assert ran_stages(dvc(project, "exp", "run", "-S", "export.opset=17")) == ["export"]
     assert opset_and_version(project / "models" / "model.onnx")[0] == 17
+
+    # External weights: the stage's out is the model's directory, so the content-named data file is
+    # tracked with the header, and a clone's `dvc pull` brings a model that loads.
+    assert ran_stages(dvc(project, "exp", "run", "-S", "export.external_data=always")) == ["export"]
+    data = [p.name for p in (project / "models").iterdir() if p.name.endswith(".data")]
+    assert len(data) == 1, data
+    git(project, "add", "-A")
+    assert git(project, "status", "--porcelain", "--", "models") == ""  # DVC's, not git's
+    dvc(project, "remote", "add", "--default", "store", str(tmp_path / "quick_remote"))
+    git(project, "commit", "-q", "-am", "external weights")
+    dvc(project, "push")
+    clone = tmp_path / "quick_clone"
+    git(tmp_path, "clone", "-q", str(project), str(clone))
+    dvc(clone, "pull")
+    assert tree_bytes(clone / "models") == tree_bytes(project / "models")
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(clone / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"image": np.zeros((3, 1, 8, 8), np.float32)})[0].shape == (3, 10)
