@@ -254,9 +254,26 @@ def _export_command(args: list[str]) -> int:
     exit_codes = [0]
     task = functools.partial(_export_task, exit_codes=exit_codes, full_errors=_full_errors_requested())
     app = hydra_main(version_base=None, config_path=str(PACKAGED_CONF), config_name=DEFAULT_CONFIG_NAME)(task)
-    with _hydra_raises(), _argv("onnxport export", _hydra_argv(args)):
+    with _hydra_raises(), _argv("onnxport export", _hydra_argv(args)), _hydra_config_restored():
         app()
     return max(exit_codes)
+
+
+@contextlib.contextmanager
+def _hydra_config_restored() -> Iterator[None]:
+    """Run as a fresh process would: no HydraConfig from an earlier Hydra run in this process.
+
+    Hydra leaves a run's config in the HydraConfig singleton (and ``${hydra:...}`` would resolve
+    from it); ``main()`` may run in-process, so the singleton is cleared, then restored.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().cfg = None
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = saved
 
 
 def export_keys_help() -> str:
@@ -452,9 +469,9 @@ def _validate_command(args: list[str]) -> int:
     _import_from_cwd()
     if not Path(options.config_dir).is_dir():
         raise ConfigError(f"config dir {options.config_dir!r} does not exist", fix="pass --config-dir DIR")
-    with _hydra_raises():
+    with _hydra_raises(), _hydra_config_restored():
         cfg = compose(options.config_dir, options.config_name, options.overrides)
-    command = read_command_config(cfg, overrides={"checkpoint": options.checkpoint})
+        command = read_command_config(cfg, overrides={"checkpoint": options.checkpoint})
     check_paths(command, need_output=False)
     # Not export.validation.report: that is the export's own report (a DVC metric), and
     # rewriting it would make `dvc repro` run the stage again.

@@ -375,6 +375,8 @@ def result_files(report: ValidationReport | None, settings: ValidationConfig) ->
     show`` prints readably and ``dvc metrics diff`` compares (no strings, no latency noise).
     ``settings.plots``: ``parity.json`` (each case and output, worst difference against its
     tolerance) and ``latency.json`` (torch vs ONNX Runtime at each case's sizes).
+    ``report`` is ``None`` when validation was off: the metrics then say so (``passed: 0,
+    validated: 0``) and the plots are empty, so nothing vouches for an unvalidated model.
     """
     files: dict[Path, Any] = {}
     if settings.metrics:
