@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -85,40 +86,51 @@ def test_a_read_only_output_directory_is_an_input_error():
         Path(scratch).chmod(0o755)
         locked = Path(scratch) / "locked"
         locked.mkdir(mode=0o555)
-        status, message = _check_output_unprivileged(locked / "model.onnx")
+        status, message = _check_output_unprivileged(locked / "model.onnx", Path(scratch))
     assert status == 1, message
     assert message.startswith("InputError: output directory") and "is not writable" in message
 
 
-def _check_output_unprivileged(output: Path) -> tuple[int, str]:
-    """Run ``check_output`` in a forked child that dropped root (root ignores permission bits).
+def _check_output_unprivileged(output: Path, scratch: Path) -> tuple[int, str]:
+    """Run ``check_output`` as an unprivileged user (root ignores permission bits).
 
-    The child already has onnxport imported, so it works wherever the clone sits (a 0700 home
-    or ``mktemp -d`` folder that the unprivileged user could not import from). Returns the
-    child's status (0 accepted, 1 refused) and the error line it sent back.
+    A fresh process runs a copy of the package from ``scratch``, so it works wherever the clone
+    sits (a 0700 home or ``mktemp -d`` folder the unprivileged user cannot import from); the
+    modules ``check_output`` needs are standard library only. ``subprocess``'s ``user=`` drops root
+    between fork and exec with no Python code in the child, so the threads torch and ONNX Runtime
+    leave in pytest cannot deadlock it (a forked pytest calling Python code can). Returns the
+    status (0 accepted, 1 refused) and the error line.
     """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        status = 2
+    if os.geteuid() != 0:
         try:
-            os.close(read_end)
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            try:
-                publish.check_output(output)
-                status = 0
-            except Exception as error:
-                os.write(write_end, f"{type(error).__name__}: {error}".encode())
-                status = 1
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        message = pipe.read().decode()
-    _, wait_status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(wait_status), message
+            publish.check_output(output)
+        except Exception as error:
+            return 1, f"{type(error).__name__}: {error}"
+        return 0, ""
+    package = scratch / "package"
+    shutil.copytree(
+        Path(publish.__file__).parent, package / "onnxport", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from onnxport.publish import check_output\n"
+        "try:\n"
+        "    check_output(sys.argv[2])\n"
+        "except Exception as error:\n"
+        "    print(f'{type(error).__name__}: {error}')\n"
+        "    sys.exit(1)\n"
+    )
+    done = subprocess.run(
+        ["/usr/bin/python3", "-c", code, str(package), str(output)],
+        user=65534,
+        group=65534,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout.strip() or done.stderr.strip()
 
 
 def test_the_staging_directory_is_removed_whatever_happens(tmp_path):

@@ -368,9 +368,6 @@ def write_report(data: dict[str, Any], path: str | os.PathLike[str]) -> str:
 def result_files(report: ValidationReport | None, settings: ValidationConfig) -> dict[Path, Any]:
     """What ``settings`` asks for beside the full report, for DVC: ``{path: JSON data}``.
 
-    With no report (validation disabled) the metrics say so and the plots are empty: nothing
-    from an earlier validation stays beside an unvalidated model.
-
     ``settings.metrics``: :meth:`ValidationReport.metrics`, a few numbers that ``dvc metrics
     show`` prints readably and ``dvc metrics diff`` compares (no strings, no latency noise).
     ``settings.plots``: ``parity.json`` (each case and output, worst difference against its
