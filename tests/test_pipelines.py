@@ -120,6 +120,21 @@ def test_dvc_yaml_declares_the_stages_metrics_and_model_artifact():
     assert {"opset", "inputs"} <= set(artifact["meta"])
 
 
+def test_train_stage_tracks_every_export_setting_that_shapes_the_callback_file():
+    # Not the validation settings (a tolerance change must not retrain), but every other field,
+    # so a field added to ExportConfig later is not silently missed here.
+    import dataclasses
+
+    from onnxport.config import ExportConfig
+
+    params = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"]
+    prefix = "callbacks.onnx_export.config."
+    listed = {p.removeprefix(prefix) for p in params if p.startswith(prefix)}
+    shaping = {f.name for f in dataclasses.fields(ExportConfig)} - {"validation", "schema_version"}
+    assert listed == shaping | {"validation.enabled"}
+    assert "callbacks" not in params and "callbacks.onnx_export" not in params
+
+
 def test_dvc_config_enables_hydra_composition_from_conf():
     from configobj import ConfigObj
 
