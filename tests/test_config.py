@@ -113,3 +113,23 @@ def test_an_opset_outside_the_exporters_range_is_a_config_error(exporter, opset)
 def test_unknown_keys_name_the_closest_valid_key():
     with pytest.raises(ConfigError, match=r"unknown key export.opst; did you mean export.opset\?"):
         ExportConfig.coerce(None, opst=17)
+
+
+def test_the_packaged_callback_config_names_and_comments_every_argument():
+    import inspect
+
+    import yaml
+
+    from onnxport.callback import OnnxExportCallback
+    from onnxport.hydra_config import PACKAGED_CONF
+
+    path = PACKAGED_CONF / "callbacks" / "onnx_export.yaml"
+    lines = path.read_text().splitlines()
+    declared = set(yaml.safe_load(path.read_text())["onnx_export"]) - {"_target_"}
+    commented = {line.split(":")[0].strip("# ") for line in lines if line.startswith("  # config:")}
+    parameters = inspect.signature(OnnxExportCallback.__init__).parameters
+    arguments = {name for name, p in parameters.items() if name != "self" and p.kind is not p.VAR_KEYWORD}
+    assert declared | commented == arguments
+    for index, line in enumerate(lines):
+        if line.startswith("  ") and not line.startswith(("  #", "  _target_")):
+            assert lines[index - 1].lstrip().startswith("#"), f"{path.name}: {line.strip()} has no comment"

@@ -137,3 +137,32 @@ def test_repro_sees_conf_edits_and_exp_run_sees_set_param(git_repo):
     wrong = run(DVC, "exp", "run", "-S", "export.opset=abc", check=False)
     assert wrong.returncode != 0
     assert "object_type=ExportConfig" in wrong.stdout + wrong.stderr
+
+
+def test_exp_run_applies_command_line_overrides_once(tmp_path, clean_env):
+    # `+key=value` on the stage's command line: the composed cfg has it, params.yaml does not.
+    from onnxport.hydra_config import compose
+
+    _write_conf(tmp_path)
+    (tmp_path / "params.yaml").write_text("value: 5\nexport: {opset: 19}\n")
+    clean_env.chdir(tmp_path)
+    clean_env.setenv("DVC_STAGE", "show")
+    clean_env.setenv("DVC_EXP_NAME", "exp-1")
+    overrides = ["+extra=3", "value=7"]
+    cfg = compose(tmp_path / "conf", "config", overrides)
+    resolved = resolve_stage_config(cfg, overrides)
+    assert (resolved.extra, resolved.value, resolved.export.opset) == (3, 7, 19)
+
+
+def test_refresh_params_names_the_key_dvc_cannot_resolve(tmp_path, clean_env):
+    from onnxport.errors import ConfigError
+
+    _write_conf(tmp_path)
+    config = tmp_path / "conf" / "config.yaml"
+    config.write_text(config.read_text() + "paths:\n  output_dir: ${hydra:runtime.output_dir}\n")
+    with pytest.raises(ConfigError) as caught:
+        refresh_params(tmp_path)
+    message = str(caught.value)
+    assert "DVC's Hydra composition" in message and "paths.output_dir cannot be resolved" in message
+    assert "Fix: set paths.output_dir to a plain path" in message and "\n" not in message
+    assert not (tmp_path / "params.yaml").exists()

@@ -254,9 +254,26 @@ def _export_command(args: list[str]) -> int:
     exit_codes = [0]
     task = functools.partial(_export_task, exit_codes=exit_codes, full_errors=_full_errors_requested())
     app = hydra_main(version_base=None, config_path=str(PACKAGED_CONF), config_name=DEFAULT_CONFIG_NAME)(task)
-    with _hydra_raises(), _argv("onnxport export", _hydra_argv(args)):
+    with _hydra_raises(), _argv("onnxport export", _hydra_argv(args)), _hydra_config_restored():
         app()
     return max(exit_codes)
+
+
+@contextlib.contextmanager
+def _hydra_config_restored() -> Iterator[None]:
+    """Run as a fresh process would: no HydraConfig from an earlier Hydra run in this process.
+
+    Hydra leaves a run's config in the HydraConfig singleton (and ``${hydra:...}`` would resolve
+    from it); ``main()`` may run in-process, so the singleton is cleared, then restored.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().cfg = None
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = saved
 
 
 def export_keys_help() -> str:
@@ -427,6 +444,7 @@ def _validate_command(args: list[str]) -> int:
         model_from_config,
         read_command_config,
     )
+    from onnxport.report import revalidation_report_path
 
     parser = argparse.ArgumentParser(
         prog="onnxport validate",
@@ -441,7 +459,7 @@ def _validate_command(args: list[str]) -> int:
     parser.add_argument("--config-name", default=DEFAULT_CONFIG_NAME, help="primary config name (config)")
     parser.add_argument(
         "--report",
-        help="where the JSON report goes (default: <FILE stem>.validation.json beside FILE)",
+        help="where the JSON report goes (default: <FILE stem>.revalidation.json beside FILE)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. export.validation.atol=1e-3")
     options = parser.parse_intermixed_args(args)  # FILE, flags and overrides in any order
@@ -451,15 +469,13 @@ def _validate_command(args: list[str]) -> int:
     _import_from_cwd()
     if not Path(options.config_dir).is_dir():
         raise ConfigError(f"config dir {options.config_dir!r} does not exist", fix="pass --config-dir DIR")
-    with _hydra_raises():
+    with _hydra_raises(), _hydra_config_restored():
         cfg = compose(options.config_dir, options.config_name, options.overrides)
-    command = read_command_config(cfg, overrides={"checkpoint": options.checkpoint})
+        command = read_command_config(cfg, overrides={"checkpoint": options.checkpoint})
     check_paths(command, need_output=False)
     # Not export.validation.report: that is the export's own report (a DVC metric), and
     # rewriting it would make `dvc repro` run the stage again.
-    report_path = Path(
-        options.report or Path(options.file).with_name(f"{Path(options.file).stem}.validation.json")
-    )
+    report_path = Path(options.report or revalidation_report_path(options.file))
     check_writable_path("--report", report_path)
     make_parent("--report", report_path)
 

@@ -200,6 +200,28 @@ def unresolvable(key: str, error: BaseException) -> ConfigError:
     return ConfigError(f"{full_key} cannot be resolved ({message})", fix=fix)
 
 
+def first_unresolvable(cfg: Any, prefix: str = "") -> tuple[str, BaseException] | None:
+    """The first key of ``cfg`` whose interpolation fails to resolve, and its error (``???`` is fine)."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    keys = list(cfg.keys()) if isinstance(cfg, DictConfig) else list(range(len(cfg)))
+    for key in keys:
+        full = f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}.{key}" if prefix else str(key)
+        try:
+            if not OmegaConf.is_interpolation(cfg, key) and OmegaConf.is_config(cfg._get_node(key)):
+                found = first_unresolvable(cfg._get_node(key), full)
+                if found:
+                    return found
+                continue
+            cfg[key]  # resolves this value
+        except MissingMandatoryValue:
+            continue
+        except OmegaConfBaseException as error:
+            return full, error
+    return None
+
+
 def check_paths(command: CommandConfig, *, need_output: bool = True) -> None:
     """Fail before any heavy import: checkpoint must be a file, output must be creatable."""
     if not command.checkpoint:

@@ -109,7 +109,9 @@ def refresh_params(root: str | os.PathLike[str]) -> bool:
                 [],
             )
         except OmegaConfBaseException as error:
-            raise _dvc_composition_error(error) from error
+            raise _dvc_composition_error(
+                error, config_dir, config_module, hydra.get("config_name", "config")
+            ) from error
         text = composed.read_text(encoding="utf-8")
     if params.is_file() and params.read_text(encoding="utf-8") == text:
         return False
@@ -118,11 +120,25 @@ def refresh_params(root: str | os.PathLike[str]) -> bool:
     return True
 
 
-def _dvc_composition_error(error: BaseException) -> Exception:
-    from onnxport.errors import ConfigError
-    from onnxport.hydra_config import unresolvable
+def _dvc_composition_error(
+    error: BaseException, config_dir: str | None, config_module: str | None, config_name: str
+) -> Exception:
+    """DVC's resolution error names no key: compose again, find the key, and name its fix."""
+    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
 
-    named = unresolvable(getattr(error, "full_key", None) or "the config", error)
+    from onnxport.errors import ConfigError
+    from onnxport.hydra_config import first_unresolvable, unresolvable
+
+    GlobalHydra.instance().clear()
+    if config_dir:
+        initialize = initialize_config_dir(config_dir, version_base=None)
+    else:
+        initialize = initialize_config_module(str(config_module), version_base=None)
+    with initialize:
+        found = first_unresolvable(compose(config_name))
+    key, cause = found or (getattr(error, "full_key", None) or "the config", error)
+    named = unresolvable(key, cause)
     return ConfigError(
         f"DVC's Hydra composition (dvc exp run) resolves the whole config: {named.message}",
         fix=f"{named.fix}, in the config DVC composes (hydra.config_name in .dvc/config)",

@@ -199,8 +199,13 @@ def open_session(path: Path) -> onnxruntime.InferenceSession:
     import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
+    options = ort.SessionOptions()
+    # Prepacking copies every MatMul/Gemm weight into a second, packed buffer up front: a full
+    # extra copy of the weights and seconds of start-up for a large model. Without it ONNX Runtime
+    # maps the external data file and runs the same operators on the unpacked weights.
+    options.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
         if isinstance(error, ort_errors.NotImplemented) and _uses_bfloat16(path):
             raise SessionError(
