@@ -290,3 +290,57 @@ def test_generated_inputs_are_seeded_ranged_and_resizable():
 def test_an_empty_integer_range_is_a_config_error():
     with pytest.raises(ConfigError, match=r"export.inputs\[ids\] has low=5 >= high=5"):
         generate_inputs([InputSpec(name="ids", shape=[2], dtype="int64", low=5, high=5)], seed=0)
+
+
+# -- the same order through every door (the callback's case is in test_callback.py) -----------
+
+
+class ScaledByOptional(nn.Module):
+    """``example_input_array`` gives only ``x``; an ``export.inputs`` spec can add ``scale``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.example_input_array = torch.randn(2, 4)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.fc(x)
+        return y if scale is None else y * scale
+
+
+BOTH = [{"name": "x", "shape": [2, 4]}, {"name": "scale", "shape": [2, 3]}]
+FAST = {"latency_runs": 0, "sizes": [2]}
+
+
+@pytest.mark.slow
+def test_api_export_takes_given_then_export_inputs_then_example_input_array(tmp_path):
+    import onnxport
+    from conftest import onnx_input_names
+
+    model = ScaledByOptional()
+    onnxport.export(model, None, tmp_path / "spec.onnx", inputs=BOTH, validation=FAST)
+    assert onnx_input_names(tmp_path / "spec.onnx") == ["x", "scale"]
+    onnxport.export(model, torch.randn(2, 4), tmp_path / "given.onnx", inputs=BOTH, validation=FAST)
+    assert onnx_input_names(tmp_path / "given.onnx") == ["x"]
+    onnxport.export(model, None, tmp_path / "attribute.onnx", validation=FAST)
+    assert onnx_input_names(tmp_path / "attribute.onnx") == ["x"]
+
+
+@pytest.mark.slow
+def test_cli_export_inputs_win_over_example_input_array(tmp_path, monkeypatch):
+    from conftest import onnx_input_names
+    from onnxport.cli import main
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(
+        "model: {_target_: test_inputs.ScaledByOptional}\n"
+        "checkpoint: weights.pt\n"
+        "output: model.onnx\n"
+        "export:\n"
+        "  inputs: [{name: x, shape: [2, 4]}, {name: scale, shape: [2, 3]}]\n"
+        "  validation: {latency_runs: 0, sizes: [2]}\n"
+    )
+    torch.save(ScaledByOptional().state_dict(), tmp_path / "weights.pt")
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--config-dir", "conf"]) == 0
+    assert onnx_input_names(tmp_path / "model.onnx") == ["x", "scale"]

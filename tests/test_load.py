@@ -553,3 +553,62 @@ def test_file_sha256_streams_and_matches_hashlib(tmp_path):
     path.write_bytes(data)
     assert file_sha256(path, chunk_size=4096) == hashlib.sha256(data).hexdigest()
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+# ---- the same refusal through the CLI's doors (in-process main) ----
+
+PAYLOAD_PROJECT = """\
+model:
+  _target_: conftest.TinyMLP
+checkpoint: evil.ckpt
+output: model.onnx
+export:
+  inputs: [{name: x, shape: [2, 4]}]
+"""
+
+
+@pytest.mark.parametrize("command", ["export", "validate"])
+def test_a_payload_checkpoint_never_runs_through_the_cli(tmp_path, monkeypatch, capsys, command):
+    from onnxport.cli import main
+
+    marker = tmp_path / "PAYLOAD_RAN"
+    _payload_checkpoint(tmp_path, Payload(os.system, f"touch {marker}"))
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(PAYLOAD_PROJECT)
+    (tmp_path / "model.onnx").write_bytes(b"")  # validate loads the checkpoint before reading it
+    monkeypatch.chdir(tmp_path)
+
+    args = ["--config-dir", "conf"] if command == "export" else ["model.onnx", "--config-dir", "conf"]
+    assert main([command, *args]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"onnxport {command}: error: checkpoint evil.ckpt is refused")
+    assert len(error.splitlines()) == 1 and "\x1b" not in error and "posix.system" in error
+    assert not marker.exists() and not (tmp_path / "model.onnx").stat().st_size
+
+
+def test_torch_force_weights_only_load_uses_torchs_own_loader_and_names_the_refusal(
+    hydra_ckpt, weights, monkeypatch
+):
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+    path, model = weights
+    assert_same_weights(load_model(path, model=TinyMLP()), model)  # plain weights still load
+    with pytest.raises(CheckpointError, match="refused by torch's weights_only loader") as caught:
+        load_model(hydra_ckpt[0], model=HYDRA_LIT_CONFIG)
+    assert "corrupt" not in str(caught.value) and "\x1b" not in str(caught.value)
+
+
+def test_a_pickle_cannot_rewrite_a_class_or_call_what_find_class_did_not_hand_out():
+    from onnxport.inert import _pickle_module
+
+    unpickle = _pickle_module(set()).load
+    # GLOBAL torch.Tensor; BUILD (None, {"onnxport_pwned": 1}): would set a class attribute.
+    build_on_class = b"\x80\x02ctorch\nTensor\nN}X\x0e\x00\x00\x00onnxport_pwnedK\x01s\x86b."
+    with pytest.raises(pickle.UnpicklingError, match="refused to set the state of"):
+        unpickle(io.BytesIO(build_on_class))
+    assert not hasattr(torch.Tensor, "onnxport_pwned")
+    # A placeholder stands in for any other global and calling it runs nothing.
+    loaded = unpickle(io.BytesIO(b"\x80\x02cmy.pkg\nrun\nX\x01\x00\x00\x00x\x85R."))
+    assert repr(loaded) == "<my.pkg.run: not loaded>" and loaded.args == ("x",)
+    # Copyreg's process-wide extension registry is never consulted.
+    with pytest.raises(pickle.UnpicklingError, match="EXT opcode"):
+        unpickle(io.BytesIO(b"\x80\x02\x82\x01."))

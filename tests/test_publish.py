@@ -165,7 +165,9 @@ def test_provenance_metadata_is_in_the_file(raw_dynamo, tmp_path):
     # The settings that shape the graph and weights; validation settings live in the report.
     shaping = json.loads(props["onnxport.config"])
     assert "validation" not in shaping
-    assert ExportConfig.from_dict(shaping) == config.replace(validation=ExportConfig().validation.__dict__)
+    assert ExportConfig.from_dict(shaping) == ExportConfig.coerce(
+        config, validation=ExportConfig().validation.__dict__
+    )
     assert props["onnxport.config_sha256"] == hashlib.sha256(props["onnxport.config"].encode()).hexdigest()
     assert props["onnxport.torch_version"] == torch.__version__
     assert props["onnxport.onnx_version"] == onnx.__version__
@@ -241,7 +243,7 @@ def test_the_previous_data_file_goes_only_after_the_header_switched(raw_dynamo, 
 
 
 def test_a_rejected_file_is_kept_beside_the_output(tmp_path):
-    staged = tmp_path / "stage.onnx"
+    staged = tmp_path / "staged.onnx"
     staged.write_bytes(b"rejected")
     rejected = publish.keep_rejected(staged, tmp_path / "model.onnx")
     assert rejected == tmp_path / "model.rejected.onnx" and rejected.read_bytes() == b"rejected"

@@ -83,3 +83,22 @@ def test_nothing_for_dvc_unless_asked(tmp_path):
     torch.manual_seed(0)
     onnxport.export(TinyMLP().eval(), torch.randn(2, 4), tmp_path / "m.onnx", exporter="torchscript")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.validation.json"]
+
+
+def test_disabled_validation_replaces_the_metrics_with_not_validated(tmp_path):
+    torch.manual_seed(0)
+    metrics, plots = tmp_path / "metrics.json", tmp_path / "plots"
+    settings = {"metrics": str(metrics), "plots": str(plots)}
+    onnxport.export(
+        TinyMLP().eval(), torch.randn(2, 4), tmp_path / "m.onnx", exporter="torchscript", validation=settings
+    )
+    assert json.loads(metrics.read_text())["passed"] == 1
+    onnxport.export(
+        TinyMLP().eval(),
+        torch.randn(2, 4),
+        tmp_path / "m.onnx",
+        exporter="torchscript",
+        validation={**settings, "enabled": False},
+    )
+    assert json.loads(metrics.read_text()) == {"passed": 0, "validated": 0}  # no stale "passed" for DVC
+    assert json.loads((plots / "parity.json").read_text()) == []

@@ -143,11 +143,9 @@ class OnnxExportCallback(Callback):
                 f"every_n_epochs={every_n_epochs!r} is not a positive integer",
                 fix="use an integer >= 1, or None to export only when fit ends",
             )
-        if type(trust_checkpoint) is not bool:  # bool("false") is True: it would turn unpickling on
-            raise ConfigError(
-                f"trust_checkpoint={trust_checkpoint!r} is a {type(trust_checkpoint).__name__}, not a bool",
-                fix="pass True or False (true/false in YAML, unquoted)",
-            )
+        from onnxport.load import check_trust_flag
+
+        check_trust_flag(trust_checkpoint)
         self.output = os.fspath(output) if output is not None else None
         self.ckpt_path = os.fspath(ckpt_path) if ckpt_path is not None else None
         self.on_error = on_error
@@ -265,10 +263,8 @@ class OnnxExportCallback(Callback):
                 started = time.perf_counter()
                 path = _resolve_ckpt_path(trainer, self.ckpt_path)
                 model, checkpoint_sha256 = self._checkpoint_copy(trainer, pl_module, path), _sha256(path)
-                rank_zero_info(
-                    f"OnnxExportCallback: loaded the weights of {path} "
-                    f"in {time.perf_counter() - started:.1f} s"
-                )
+                seconds = time.perf_counter() - started
+                rank_zero_info(f"OnnxExportCallback: load done in {seconds:.1f} s (the weights of {path})")
             # Drawing the first batch seeds a sampler and workers from the global RNG; forking it keeps
             # the shuffling of the epochs after an export (and of a later fit) as if nothing happened.
             with torch.random.fork_rng(devices=[]), preserved_state(model):
@@ -419,20 +415,26 @@ def _uncompiled(module: nn.Module) -> nn.Module:
 
 
 class _RankZeroInfo(logging.Handler):
-    """INFO lines through ``rank_zero_info``; warnings to the same Lightning logger at their level."""
+    """Phase lines through ``rank_zero_info``; warnings to the same Lightning logger at their level.
+
+    A phase line is what the CLI shows on stderr (``<phase> done in X s``); other INFO records,
+    such as the validation table, are summed up by the callback's own closing line instead.
+    """
 
     def emit(self, record: logging.LogRecord) -> None:
+        from onnxport.cli import PROGRESS_LINE
+
         message = f"OnnxExportCallback: {record.getMessage()}"
         if record.levelno >= logging.WARNING:  # the export runs on global rank 0 only
             package = Callback.__module__.partition(".callbacks")[0]
             logging.getLogger(f"{package}.utilities.rank_zero").log(record.levelno, message)
-        else:
+        elif PROGRESS_LINE.fullmatch(record.getMessage()):
             rank_zero_info(message)
 
 
 @contextmanager
 def _progress_through_rank_zero_info() -> Iterator[None]:
-    """The pipeline's progress lines (``onnxport`` loggers, INFO) through Lightning's rank-zero log."""
+    """The pipeline's phase lines (``onnxport`` loggers) through Lightning's rank-zero log."""
     log = logging.getLogger("onnxport")
     saved = log.level, log.propagate
     handler = _RankZeroInfo()

@@ -444,6 +444,7 @@ def _validate_command(args: list[str]) -> int:
         model_from_config,
         read_command_config,
     )
+    from onnxport.report import revalidation_report_path
 
     parser = argparse.ArgumentParser(
         prog="onnxport validate",
@@ -458,8 +459,7 @@ def _validate_command(args: list[str]) -> int:
     parser.add_argument("--config-name", default=DEFAULT_CONFIG_NAME, help="primary config name (config)")
     parser.add_argument(
         "--report",
-        help="where the JSON report goes (default: <FILE stem>.revalidation.json beside FILE; "
-        "the export's own <FILE stem>.validation.json is left alone)",
+        help="where the JSON report goes (default: <FILE stem>.revalidation.json beside FILE)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. export.validation.atol=1e-3")
     options = parser.parse_intermixed_args(args)  # FILE, flags and overrides in any order
@@ -473,11 +473,9 @@ def _validate_command(args: list[str]) -> int:
         cfg = compose(options.config_dir, options.config_name, options.overrides)
         command = read_command_config(cfg, overrides={"checkpoint": options.checkpoint})
     check_paths(command, need_output=False)
-    # Neither export.validation.report nor <stem>.validation.json: those are the export's own
-    # report (a DVC out or metric), and rewriting them would make `dvc repro` run the stage again.
-    report_path = Path(
-        options.report or Path(options.file).with_name(f"{Path(options.file).stem}.revalidation.json")
-    )
+    # Not export.validation.report: that is the export's own report (a DVC metric), and
+    # rewriting it would make `dvc repro` run the stage again.
+    report_path = Path(options.report or revalidation_report_path(options.file))
     check_writable_path("--report", report_path)
     make_parent("--report", report_path)
 

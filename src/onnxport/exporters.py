@@ -7,6 +7,7 @@ external data, the atomic move) is :mod:`onnxport.publish`'s job.
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import warnings
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ from onnxport.model_state import preserved_state, probe
 
 if TYPE_CHECKING:
     import onnx
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 # The dynamo exporter builds opset 18 graphs and converts them with onnxscript's
 # version converter; torch declares the newest opset it targets in ONNX_MAX_OPSET.
@@ -120,6 +123,9 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
             raise
         except Exception as error:
             _remove(path)
+            full = next((c for c in causes(error) if isinstance(c, OSError) and c.errno in _DISK_FULL), None)
+            if full is not None:  # no fallback can help: the disk is full
+                raise publish.disk_error(full, path.parent) from error
             specialised = _specialised_axis(error, inputs.names)
             if specialised is not None:
                 raise _specialised_error(specialised, dynamic_axes) from error

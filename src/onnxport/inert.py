@@ -116,8 +116,10 @@ def inert_load(source: str | os.PathLike | Any, *, map_location: Any = "cpu") ->
     import torch
 
     found: set[str] = set()
-    module = _pickle_module(found)
-    options = {"map_location": map_location, "weights_only": False, "pickle_module": module}
+    options = {"map_location": map_location, "weights_only": False, "pickle_module": _pickle_module(found)}
+    if os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+        # The user asked torch for its own, stricter loader everywhere: use it (it refuses a pickle_module).
+        options = {"map_location": map_location, "weights_only": True}
     if isinstance(source, str | os.PathLike) and "://" in os.fspath(source):
         from fsspec.core import url_to_fs
 
@@ -171,12 +173,33 @@ def module_state_dict(pickled: Placeholder, prefix: str = "") -> dict[str, Any]:
 
 
 def _pickle_module(found: set[str]) -> types.SimpleNamespace:
-    """A stand-in for the ``pickle`` module whose Unpickler resolves globals inertly into ``found``."""
+    """A stand-in for the ``pickle`` module whose Unpickler resolves globals inertly into ``found``.
+
+    It is the pure-Python unpickler, so the opcodes that call or mutate can be checked as torch's
+    own weights_only unpickler checks them: REDUCE, NEWOBJ and instantiation only call what
+    ``find_class`` handed out; BUILD only sets the state of instances, never of a class (which
+    would let a file rewrite, say, ``torch.Tensor`` for the rest of the process); the
+    process-wide extension registry (EXT opcodes) is not consulted at all.
+    """
+    import collections
+
+    import torch
     from torch._weights_only_unpickler import _get_allowed_globals
 
     allowed = _get_allowed_globals()
+    callable_ids = {id(value) for value in allowed.values()}
+    buildable = {torch.Tensor, torch.nn.Parameter, collections.OrderedDict, collections.Counter}
 
-    class InertUnpickler(pickle.Unpickler):
+    def check_call(target: Any) -> None:
+        placeholder = isinstance(target, Placeholder) or (
+            isinstance(target, type) and issubclass(target, Placeholder)
+        )
+        if not placeholder and id(target) not in callable_ids:
+            raise pickle.UnpicklingError(f"refused to call {target!r}: find_class did not provide it")
+
+    class InertUnpickler(pickle._Unpickler):
+        dispatch = dict(pickle._Unpickler.dispatch)
+
         def find_class(self, module: str, name: str) -> Any:
             module, name = _python3_name(module, name)
             full = f"{module}.{name}"
@@ -188,6 +211,38 @@ def _pickle_module(found: set[str]) -> types.SimpleNamespace:
                 raise RefusedGlobal(full)
             found.add(full)
             return placeholder_class(full)
+
+        def load_reduce(self) -> None:
+            check_call(self.stack[-2])
+            super().load_reduce()
+
+        def load_newobj(self) -> None:
+            check_call(self.stack[-2])
+            super().load_newobj()
+
+        def load_newobj_ex(self) -> None:
+            check_call(self.stack[-3])
+            super().load_newobj_ex()
+
+        def _instantiate(self, klass: Any, args: list) -> None:  # INST and OBJ
+            check_call(klass)
+            super()._instantiate(klass, args)
+
+        def load_build(self) -> None:
+            target = self.stack[-2]
+            if not isinstance(target, Placeholder) and type(target) not in buildable:
+                raise pickle.UnpicklingError(f"refused to set the state of {target!r}")
+            super().load_build()
+
+        def load_ext(self) -> None:
+            raise pickle.UnpicklingError("refused an EXT opcode (copyreg's extension registry)")
+
+        dispatch[pickle.REDUCE[0]] = load_reduce
+        dispatch[pickle.NEWOBJ[0]] = load_newobj
+        dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+        dispatch[pickle.BUILD[0]] = load_build
+        for _opcode in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
+            dispatch[_opcode[0]] = load_ext
 
     def load(file: Any, **kwargs: Any) -> Any:  # the legacy format's header records
         return InertUnpickler(file, **kwargs).load()

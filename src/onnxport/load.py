@@ -86,7 +86,7 @@ def load_model(
     import torch
     from torch.export import ExportedProgram
 
-    _check_trust_flag(trust_checkpoint)
+    check_trust_flag(trust_checkpoint)
     if isinstance(source, torch.nn.Module | ExportedProgram):
         return source
     if not isinstance(source, str | os.PathLike):
@@ -130,9 +130,13 @@ def load_model(
             )
         cls = _resolve_class(model_class)
         if pickled:  # load_from_checkpoint would have to unpickle them, running code from the file
+            in_hparams = [
+                entry.partition(": ")[2] for entry in find_placeholders(checkpoint.get("hyper_parameters"))
+            ]
+            what = "its pickled hyper-parameters" if in_hparams else "pickled objects beside its weights"
             raise CheckpointError(
-                f"checkpoint {path}: building {cls.__qualname__} needs its pickled hyper-parameters "
-                f"({_first(pickled)}), which only full unpickling restores",
+                f"checkpoint {path}: building {cls.__qualname__} with load_from_checkpoint needs {what} "
+                f"({_first(sorted(set(in_hparams)) or pickled)}), which only full unpickling restores",
                 fix=_MODEL_OR_TRUST_FIX,
             )
         del checkpoint  # Lightning reads the file again; do not hold two copies
@@ -158,7 +162,7 @@ def read_state_dict(
         CheckpointError: missing, corrupt, refused, or holding no state_dict.
         ConfigError: ``trust_checkpoint`` is not a bool.
     """
-    _check_trust_flag(trust_checkpoint)
+    check_trust_flag(trust_checkpoint)
     if "://" not in os.fspath(source):
         source = _existing_file(Path(source))
     checkpoint, _ = _read(source, trust_checkpoint=trust_checkpoint, map_location=map_location)
@@ -193,8 +197,8 @@ def _archive_kind(path: Path) -> str:
     return "pickle"
 
 
-def _check_trust_flag(trust_checkpoint: Any) -> None:
-    # bool("false") is True: a string here would turn full unpickling on.
+def check_trust_flag(trust_checkpoint: Any) -> None:
+    """``trust_checkpoint`` must be a real bool: ``bool("false")`` would turn full unpickling on."""
     if type(trust_checkpoint) is not bool:
         raise ConfigError(
             f"trust_checkpoint={trust_checkpoint!r} is a {type(trust_checkpoint).__name__}, not a bool",

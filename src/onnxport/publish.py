@@ -51,7 +51,7 @@ PROTOBUF_LIMIT = 2**31
 
 
 FAULT_ENV = "ONNXPORT_TEST_KILL_AT"
-"""Test hook: the name of a publish step at which the process SIGKILLs itself (tests/test_faults.py)."""
+"""Test hook: ``<step>[:<signal>]``, a publish step at which the process signals itself (test_faults.py)."""
 PUBLISH_STEPS = ("staged", "validated", "report_staged", "data_placed", "committed", "report_replaced")
 _DATA_NAME = re.compile(r"\.([0-9a-f]{12})\.data$")
 _STAGING_NAME = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp$")
@@ -93,36 +93,53 @@ def _make_directory(key: str, directory: Path) -> None:
 def report_path(config: ExportConfig, output: Path) -> Path:
     """Where the report goes: ``validation.report``, else ``<output stem>.validation.json`` beside it."""
     if config.validation.report:
-        return Path(config.validation.report).expanduser().absolute()
+        return _absolute(config.validation.report)
     return output.with_name(f"{output.stem}.validation.json")
 
 
 def check_report(config: ExportConfig, output: Path) -> Path:
-    """Everything that can fail about the report, found before anything is exported.
+    """Everything that can fail about the report, found before anything is exported; returns its path.
 
-    Refused: a report path that is the output, a data file or one of the ``.rejected``
-    names; a directory; a file that is not a report (a checkpoint, say); a directory that
-    cannot be written. (Non-finite tolerances: :func:`onnxport.validation.check_tolerances`.)
+    The same holds for the DVC metrics file and plot files ``validation.metrics`` and
+    ``validation.plots`` name. Refused: a path that is the output, its data file or one of the
+    ``.rejected`` names; a directory; a file that is not what onnxport writes there (a
+    checkpoint, say); a directory that cannot be made or written. (Non-finite tolerances:
+    :func:`onnxport.validation.check_tolerances`.)
     """
+    from onnxport.report import PLOT_NAMES
+
+    settings = config.validation
     path = report_path(config, output)
-    key = "export.validation.report"
+    targets = [("export.validation.report", path, False)]
+    if settings.metrics:
+        targets.append(("export.validation.metrics", _absolute(settings.metrics), False))
+    if settings.plots:
+        targets += [
+            ("export.validation.plots", _absolute(settings.plots) / f"{n}.json", True) for n in PLOT_NAMES
+        ]
     taken = {
         output: "the output file",
         **{p: "a name kept for a rejected export" for p in rejected_paths(output)},
     }
-    if path in taken or path == Path(f"{output}.data") or _is_data_file_of(path, output):
-        what = taken.get(path, "the output's data file")
-        raise InputError(
-            f"{key}={str(path)!r} is {what}; the report would overwrite it",
-            fix=f"set {key} to another file, e.g. {output.with_name(output.stem + '.validation.json')}",
-        )
-    check_report_target(path, key)
-    _make_directory(key, path.parent)
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise InputError(
-            f"{key}={str(path)!r} is in a directory that is not writable", fix=f"set {key} to a writable path"
-        )
+    for key, target, plot in targets:
+        if target in taken or target == Path(f"{output}.data") or _is_data_file_of(target, output):
+            what = taken.get(target, "the output's data file")
+            raise InputError(
+                f"{key}={str(target)!r} is {what}; writing there would overwrite it",
+                fix=f"set {key} to another file, e.g. {output.with_name(output.stem + '.validation.json')}",
+            )
+        check_report_target(target, key, plot=plot)
+        _make_directory(key, target.parent)
+        if not os.access(target.parent, os.W_OK | os.X_OK):
+            raise InputError(
+                f"{key}={str(target)!r} is in a directory that is not writable",
+                fix=f"set {key} to a writable path",
+            )
     return path
+
+
+def _absolute(path: str) -> Path:
+    return Path(path).expanduser().absolute()
 
 
 def rejected_paths(output: Path) -> tuple[Path, Path, Path]:
@@ -244,9 +261,13 @@ def terminate_as_exit() -> Iterator[None]:
 
 
 def fault_point(step: str) -> None:
-    """Test hook: SIGKILL this process at ``step`` when ``ONNXPORT_TEST_KILL_AT`` names it."""
-    if os.environ.get(FAULT_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Test hook: at ``step``, signal this process when ``ONNXPORT_TEST_KILL_AT`` names it.
+
+    ``staged`` sends SIGKILL; ``staged:TERM``, ``staged:INT`` or ``staged:STOP`` send that signal.
+    """
+    wanted, _, name = os.environ.get(FAULT_ENV, "").partition(":")
+    if wanted == step:
+        os.kill(os.getpid(), getattr(signal, f"SIG{name or 'KILL'}"))
 
 
 def provenance_metadata(
@@ -331,7 +352,10 @@ def stage_layouts(
     published = checked
     if validating and not external_data:
         published = staging / "inline" / output.name
-        published.parent.mkdir()
+        try:
+            published.parent.mkdir()
+        except OSError as error:
+            raise disk_error(error, staging) from None
         finalize(checked, published, **options, external_data=False)
     fault_point("staged")
     return Layouts(checked, published, external_data)
@@ -424,7 +448,7 @@ def _write_inline(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: 
     if total >= PROTOBUF_LIMIT:
         raise PublishError(
             f"the weights ({total / 2**30:.1f} GiB) do not fit in one ONNX file (2 GiB protobuf limit)",
-            fix="set export.external_data to auto or always (weights go to <name>.onnx.data)",
+            fix="set export.external_data to auto or always (weights go to <name>.onnx.<sha12>.data)",
         )
     graph_field = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
     initializer_field = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
@@ -620,30 +644,27 @@ def _scrub_node(node: onnx.NodeProto) -> None:
             _scrub_graph(subgraph)
 
 
-def commit(
-    layouts: Layouts,
-    output: Path,
-    *,
-    report: Mapping[str, Any] | None = None,
-    report_path: Path | None = None,
-) -> None:
+def commit(layouts: Layouts, output: Path, *, files: Mapping[Path, Any] | None = None) -> None:
     """Publish the staged files at ``output``; the header's ``os.replace`` is the one commit point.
 
-    In order: the report is written to a temporary file (a full disk fails here, before
-    anything changed); the new data file goes beside the output under its content-derived
-    name (never the name the previous header uses, unless the bytes are the same); the header
-    is renamed onto ``output``; the report is renamed onto ``report_path``; the previous data
-    file is removed. A failure before the commit point leaves the previous model, its data
-    file and its report as they were.
+    ``files`` are the JSON files that go with the model (``{path: data}``: the report, DVC
+    metrics and plots). In order: each is written to a temporary file beside its path (a full
+    disk fails here, before anything changed); the new data file goes beside the output under
+    its content-derived name (never the name the previous header uses, unless the bytes are the
+    same); the header is renamed onto ``output``; the JSON files are renamed onto their paths;
+    the previous data file is removed. A failure before the commit point leaves the previous
+    model, its data file and its report as they were.
     """
     previous = [*data_files(output), Path(f"{output}.data")]
-    staged_report = stage_report(dict(report), report_path) if report is not None and report_path else None
-    fault_point("report_staged")
+    staged_files: dict[Path, Path] = {}
     placed: list[Path] = []
     try:
-        for data in layouts.data_files():
-            target = output.parent / data.name
-            os.replace(data, target)
+        for path, data in (files or {}).items():
+            staged_files[path] = stage_report(data, path)
+        fault_point("report_staged")
+        for data_file in layouts.data_files():
+            target = output.parent / data_file.name
+            os.replace(data_file, target)
             placed.append(target)
         fault_point("data_placed")
         os.replace(layouts.published, output)  # the commit point
@@ -652,23 +673,30 @@ def commit(
             if target not in previous:
                 with contextlib.suppress(OSError):
                     target.unlink()
-        if staged_report is not None:
+        for temporary in staged_files.values():
             with contextlib.suppress(OSError):
-                staged_report.unlink()
+                temporary.unlink()
         if isinstance(error, OSError):
             raise PublishError(
                 f"could not move the exported file to {str(output)!r}: {error.strerror}",
                 fix="check the output path and its permissions",
             ) from None
         raise
-    fault_point("committed")
-    if staged_report is not None:
-        os.replace(staged_report, report_path)
-    fault_point("report_replaced")
-    for old in previous:
-        if old not in placed:
+    try:
+        fault_point("committed")
+        while staged_files:
+            path, temporary = next(iter(staged_files.items()))
+            os.replace(temporary, path)
+            del staged_files[path]
+        fault_point("report_replaced")
+        for old in previous:
+            if old not in placed:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+    finally:  # SIGTERM after the switch: the new model stands; only the temporary files go
+        for temporary in staged_files.values():
             with contextlib.suppress(OSError):
-                old.unlink()
+                temporary.unlink()
 
 
 def keep_rejected(staged: Path, output: Path) -> Path:

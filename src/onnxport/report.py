@@ -302,29 +302,44 @@ class ValidationReport:
 # -- writing reports -------------------------------------------------------------------------
 
 
-def read_report(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The report at ``path`` as a dict, or ``None`` when it is not a regular file under
-    :data:`REPORT_SIZE_LIMIT` holding a JSON object with ``passed`` (a FIFO, a device, a
-    symlink out of the way and any other file all give ``None``; nothing blocks)."""
+def revalidation_report_path(onnx_path: str | os.PathLike[str]) -> Path:
+    """``onnxport validate``'s default report: ``<stem>.revalidation.json``, never the export's own report."""
+    path = Path(onnx_path)
+    return path.with_name(f"{path.stem}.revalidation.json")
+
+
+_NOT_JSON = object()
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON at ``path``, or :data:`_NOT_JSON` when it is not a regular file under
+    :data:`REPORT_SIZE_LIMIT` holding JSON (a FIFO, a device, a symlink and any other file;
+    nothing blocks, nothing large is read)."""
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then says it is no file
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
-        return None
+        return _NOT_JSON
     with os.fdopen(descriptor, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not _is_regular(info.st_mode) or info.st_size > REPORT_SIZE_LIMIT:
-            return None
+            return _NOT_JSON
         raw = handle.read(REPORT_SIZE_LIMIT + 1)
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except ValueError:
-        return None
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+def read_report(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The report (or metrics file) at ``path`` as a dict, or ``None`` when it is not one:
+    see :func:`read_json`; a report is a JSON object with ``passed``."""
+    data = read_json(path)
     return data if isinstance(data, dict) and "passed" in data else None
 
 
-def check_report_target(path: str | os.PathLike[str], key: str = "report") -> Path:
-    """Refuse a report path whose current content is not a report; returns it absolute.
+def check_report_target(path: str | os.PathLike[str], key: str = "report", *, plot: bool = False) -> Path:
+    """Refuse a path whose current content is not a report (any JSON for a ``plot``); returns it absolute.
 
     A symlink at ``path`` is fine: the write replaces the link, never its target.
     """
@@ -333,11 +348,14 @@ def check_report_target(path: str | os.PathLike[str], key: str = "report") -> Pa
         raise InputError(
             f"{key}={str(path)!r} is a directory", fix=f"set {key} to a file path such as validation.json"
         )
-    if os.path.lexists(target) and not target.is_symlink() and read_report(target) is None:
-        raise InputError(
-            f"{key}={str(path)!r} exists and is not an onnxport validation report; refusing to overwrite it",
-            fix=f"set {key} to another path, or remove the file if it may go",
-        )
+    if os.path.lexists(target) and not target.is_symlink():
+        ours = read_json(target) is not _NOT_JSON if plot else read_report(target) is not None
+        if not ours:
+            what = "a JSON file" if plot else "an onnxport validation report"
+            raise InputError(
+                f"{key}={str(path)!r} exists and is not {what}; refusing to overwrite it",
+                fix=f"set {key} to another path, or remove the file if it may go",
+            )
     return target
 
 
@@ -347,24 +365,31 @@ def write_report(data: dict[str, Any], path: str | os.PathLike[str]) -> str:
     return write_json_atomic(data, path)
 
 
-def write_results(report: ValidationReport, settings: ValidationConfig) -> list[Path]:
-    """Write what ``settings`` asks for beside the full report, for DVC; returns the paths written.
+def result_files(report: ValidationReport | None, settings: ValidationConfig) -> dict[Path, Any]:
+    """What ``settings`` asks for beside the full report, for DVC: ``{path: JSON data}``.
+
+    With no report (validation disabled) the metrics say so and the plots are empty: nothing
+    from an earlier validation stays beside an unvalidated model.
 
     ``settings.metrics``: :meth:`ValidationReport.metrics`, a few numbers that ``dvc metrics
     show`` prints readably and ``dvc metrics diff`` compares (no strings, no latency noise).
     ``settings.plots``: ``parity.json`` (each case and output, worst difference against its
     tolerance) and ``latency.json`` (torch vs ONNX Runtime at each case's sizes).
+    ``report`` is ``None`` when validation was off: the metrics then say so (``passed: 0,
+    validated: 0``) and the plots are empty, so nothing vouches for an unvalidated model.
     """
     files: dict[Path, Any] = {}
     if settings.metrics:
-        files[Path(settings.metrics)] = report.metrics()
+        files[Path(settings.metrics)] = report.metrics() if report else {"passed": 0, "validated": 0}
     if settings.plots:
-        for name, rows in report.plots().items():
+        plots = report.plots() if report else {name: [] for name in PLOT_NAMES}
+        for name, rows in plots.items():
             files[Path(settings.plots) / f"{name}.json"] = rows
-    for path, data in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(data, path)
-    return list(files)
+    return files
+
+
+PLOT_NAMES = ("parity", "latency")
+"""The files :meth:`ValidationReport.plots` writes under ``validation.plots`` (``<name>.json``)."""
 
 
 def write_json_atomic(data: Any, path: str | os.PathLike[str]) -> str:

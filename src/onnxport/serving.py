@@ -173,8 +173,8 @@ def model_card(
     it, only when it vouches for these bytes); ``metrics`` is a JSON file of numbers (e.g. the
     pipeline's ``metrics/accuracy.json``).
     """
+    from onnxport.hashing import artifact_sha256
     from onnxport.inspection import inspect_model
-    from onnxport.hashing import file_sha256
 
     source = Path(path)
     info = inspect_model(source)
@@ -201,7 +201,7 @@ def model_card(
         config = provenance.get("config") if isinstance(provenance.get("config"), dict) else {}
         rows = [
             ("exported by", f"onnxport {provenance.get('version', '?')} ({provenance.get('exporter', '?')})"),
-            ("file sha256", file_sha256(source)),
+            ("file sha256", artifact_sha256(source, [source.parent / n for n in _external_files(source)])),
             ("weights sha256", provenance.get("weights_sha256")),
             ("export config sha256", provenance.get("config_sha256")),
             (

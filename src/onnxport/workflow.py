@@ -124,7 +124,7 @@ def export(
     from onnxport import publish
     from onnxport.model_state import preserved_state
     from onnxport.provenance import run_context, weights_sha256
-    from onnxport.report import write_results
+    from onnxport.report import result_files
     from onnxport.unwrap import unwrap
     from onnxport.validation import check_tolerances
 
@@ -143,11 +143,9 @@ def export(
         sha256 = layouts.sha256()  # from the staged bytes: nothing can swap them after the rename
         # The checkpoint file's hash differs per clone (Lightning stores its dirpath): report only.
         context = {**run_context(output.parent), "checkpoint_sha256": checkpoint_sha256}
-        publish.commit(
-            layouts, output, report=_report(validation, output, sha256, context), report_path=report_path
-        )
-    if validation is not None:
-        write_results(validation, config.validation)  # DVC metrics and plots, when asked for
+        report = {report_path: _report(validation, output, sha256, context)}
+        results = result_files(validation, config.validation)
+        publish.commit(layouts, output, files={**report, **results})  # DVC metrics and plots too
     return _result(run, output, sha256, config, validation, report_path, context, started)
 
 
