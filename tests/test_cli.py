@@ -704,3 +704,17 @@ def test_template_project_exports_with_the_cli_and_dvc_exp_run(template_project,
     run(dvc, "exp", "run", "-S", "export.opset=17")
     model = onnx.load(str(project / "models" / "model.onnx"))
     assert {o.domain: o.version for o in model.opset_import}[""] == 17
+
+
+def test_own_keys_need_no_plus_but_group_choices_stay_choices(tmp_path):
+    from onnxport.hydra_config import own_key_overrides
+
+    (tmp_path / "model").mkdir()
+    given = ["model=digits", "trust_checkpoint=true", "export.opset=17", "+x=1", "trainer.max_epochs=1"]
+    assert own_key_overrides(given, tmp_path) == [
+        "model=digits",  # a config group in the config dir: a choice, not a value
+        "++trust_checkpoint=true",
+        "++export.opset=17",
+        "+x=1",
+        "trainer.max_epochs=1",
+    ]

@@ -315,15 +315,17 @@ def _hydra_argv(args: list[str]) -> list[str]:
         if size and flags[start : start + size] == parsed.overrides:
             del flags[start : start + size]
             break
-    if parsed.config_dir is None:
+    config_dir = parsed.config_dir
+    if config_dir is None:
         if Path(DEFAULT_CONFIG_DIR).is_dir():
+            config_dir = DEFAULT_CONFIG_DIR
             flags += ["--config-dir", DEFAULT_CONFIG_DIR]
         elif not (parsed.help or parsed.hydra_help):
             raise ConfigError(
                 f"no --config-dir given and there is no ./{DEFAULT_CONFIG_DIR} in {Path.cwd()}",
                 fix="run from the project root or pass --config-dir DIR (the dir holding config.yaml)",
             )
-    return [*HYDRA_OVERRIDES, *own_key_overrides(parsed.overrides), *flags]
+    return [*HYDRA_OVERRIDES, *own_key_overrides(parsed.overrides, config_dir), *flags]
 
 
 @contextlib.contextmanager

@@ -110,7 +110,9 @@ def compose(
     register_configs()
     provide_project_root()
     with initialize_config_dir(str(Path(config_dir).resolve()), version_base=None):
-        return hydra_compose(config_name, overrides=[*HYDRA_OVERRIDES, *own_key_overrides(overrides)])
+        return hydra_compose(
+            config_name, overrides=[*HYDRA_OVERRIDES, *own_key_overrides(overrides, config_dir)]
+        )
 
 
 def provide_project_root(start: str | os.PathLike[str] | None = None) -> None:
@@ -128,17 +130,22 @@ def provide_project_root(start: str | os.PathLike[str] | None = None) -> None:
             return
 
 
-def own_key_overrides(overrides: Sequence[str]) -> list[str]:
+def own_key_overrides(
+    overrides: Sequence[str], config_dir: str | os.PathLike[str] | None = None
+) -> list[str]:
     """``key=value`` for onnxport's own keys as ``++key=value`` (set, or add when absent).
 
     A training config rarely has ``trust_checkpoint`` or an ``export`` node; onnxport's keys
-    never need Hydra's ``+``. Other keys, and overrides with a prefix, pass unchanged.
+    never need Hydra's ``+``. A key that is a config group in ``config_dir`` (the template's
+    ``model=mnist``) is a group choice and passes unchanged, as do other keys and overrides
+    with a prefix.
     """
     rewritten = []
     for override in overrides:
         key, equals, _ = override.partition("=")
         own = key in COMMAND_KEYS or key.startswith("export.")
-        rewritten.append(f"++{override}" if equals and own and key[:1].isalpha() else override)
+        group = config_dir is not None and Path(config_dir, *key.split(".")).is_dir()
+        rewritten.append(f"++{override}" if equals and own and key[:1].isalpha() and not group else override)
     return rewritten
 
 
