@@ -718,3 +718,11 @@ def test_own_keys_need_no_plus_but_group_choices_stay_choices(tmp_path):
         "+x=1",
         "trainer.max_epochs=1",
     ]
+
+
+def test_a_checkpoint_that_needs_trust_names_the_cli_key(in_project, tmp_path, capsys):
+    pickled = tmp_path / "whole-module.pt"
+    torch.save(torch.nn.Linear(4, 3), pickled)  # the module object itself: only full unpickling reads it
+    assert main(["export", f"checkpoint={pickled}", "~model"]) == 2
+    error = _only_line(capsys.readouterr().err)
+    assert "trust_checkpoint" in error and "=True" not in error, error
