@@ -629,6 +629,7 @@ export:
     - {name: x, shape: [2, 1, 8, 8], dtype: float32}
   validation:
     latency_runs: 0
+    metrics: metrics/validation.json
 paths:
   root_dir: .
   output_dir: ${paths.log_dir}onnxport
@@ -642,9 +643,9 @@ stages:
     deps: [checkpoints/last.ckpt, configs, src/models]
     params: [checkpoint, output, model, export]
     outs:
-      - models/model.onnx: {persist: true}
+      - models: {persist: true}
     metrics:
-      - models/model.validation.json: {cache: false, persist: true}
+      - metrics/validation.json: {cache: false, persist: true}
 artifacts:
   digits-classifier:
     path: models/model.onnx
@@ -688,6 +689,7 @@ def test_template_project_exports_with_the_cli_and_dvc_exp_run(template_project,
     (project / "dvc.yaml").write_text(DVC_YAML)
     with (project / ".gitignore").open("a") as ignore:
         ignore.write("\n*.rejected.*\n/checkpoints/\n__pycache__/\n")
+    (project / ".dvcignore").write_text("*.rejected.*\n")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "template project with an export stage")
 
@@ -704,6 +706,7 @@ def test_template_project_exports_with_the_cli_and_dvc_exp_run(template_project,
     run(dvc, "exp", "run", "-S", "export.opset=17")
     model = onnx.load(str(project / "models" / "model.onnx"))
     assert {o.domain: o.version for o in model.opset_import}[""] == 17
+    assert json.loads((project / "metrics" / "validation.json").read_text())["passed"] == 1
 
 
 def test_own_keys_need_no_plus_but_group_choices_stay_choices(tmp_path):
