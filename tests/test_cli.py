@@ -257,7 +257,7 @@ def test_export_help_lists_onnxports_keys_above_hydras(in_project, capsys):
     shown = capsys.readouterr().out
     keys = ("checkpoint", "output", "model", "trust_checkpoint", "export.opset", "export.validation.atol")
     for key in keys:
-        assert f"\n  {key} " in shown, key
+        assert f"\n  {key} (default " in shown, key
     assert "Allow full unpickling" in shown and "ONNX opset to produce" in shown
     assert "3 unexpected internal error" in shown
     assert shown.index("export.opset") < shown.index("Powered by Hydra")

@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -284,17 +285,19 @@ def export_keys_help() -> str:
     rows = [row for row in option_rows(CommandConfig, "") if row[0] != "export"]
     for cls, prefix in REFERENCE_SECTIONS:
         rows += option_rows(cls, prefix)
-    width = max(len(key) for key, _, _ in rows)
     lines = [
         "onnxport export [--config-dir DIR] [--config-name NAME] [hydra flags] [key=value ...]",
         "",
         "Export the checkpoint a Hydra config names to a validated ONNX file. onnxport reads these",
-        "keys and no others (default in brackets); set them in the config or as key=value:",
+        "keys and no others; set them in the config or on the command line as key=value:",
         "",
     ]
     for key, default, meaning in rows:
-        shown = f" [{default}]" if default not in ("", '""') else ""
-        lines.append(f"  {key.ljust(width)}  {meaning}{shown}")
+        shown = f" (default {default})" if default not in ("", '""') else ""
+        lines.append(f"  {key}{shown}")
+        lines += textwrap.wrap(
+            meaning.replace("``", "`"), width=96, initial_indent=" " * 6, subsequent_indent=" " * 6
+        )
     lines += ["", EXIT_CODES.rstrip(), "", "Hydra's own help follows.", ""]
     return "\n".join(lines)
 
