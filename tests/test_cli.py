@@ -729,3 +729,16 @@ def test_a_checkpoint_that_needs_trust_names_the_cli_key(in_project, tmp_path, c
     assert main(["export", f"checkpoint={pickled}", "~model"]) == 2
     error = _only_line(capsys.readouterr().err)
     assert "trust_checkpoint" in error and "=True" not in error, error
+
+
+def test_the_reference_conf_composes_with_the_packaged_callback_and_no_warning(monkeypatch, capsys):
+    import warnings
+
+    from conftest import REPO_ROOT
+
+    monkeypatch.chdir(REPO_ROOT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. Hydra's "validated against ConfigStore schema" warning
+        assert main(["export", "--cfg", "job"]) == 0
+    shown = capsys.readouterr().out
+    assert "_target_: onnxport.OnnxExportCallback" in shown and "config: ${export}" in shown

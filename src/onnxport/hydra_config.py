@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 PACKAGED_CONF = Path(__file__).with_name("conf")
+# Configs registered in the ConfigStore, kept off Hydra's search path (the packaged conf/ is the
+# CLI's primary config path): a file there named like a ConfigStore entry would shadow it.
+STORED_CONF = PACKAGED_CONF / "configstore"
 # Ahead of the user's overrides: onnxport configures its own logging (no log file, no colorlog
 # handler that may not be installed) and runs in the current directory (no timestamped run dir,
 # whatever the config's hydra/ group says, e.g. the lightning-hydra-template's hydra/default.yaml).
@@ -44,6 +47,8 @@ HYDRA_OVERRIDES = (
     "hydra.sweep.subdir=.",
     "hydra.output_subdir=null",
     "hydra.job.chdir=false",
+    "hydra.job.name=onnxport",
+    "hydra.help.app_name=onnxport",
 )
 # rootutils (the lightning-hydra-template's train.py) sets PROJECT_ROOT to the directory holding
 # this marker file; configs interpolate ${oc.env:PROJECT_ROOT}.
@@ -80,7 +85,7 @@ def register_configs() -> None:
       ``/onnxport/export_schema@_here_`` first in its defaults, so typos and wrong types in
       ``export.*`` fail at composition.
     - ``callbacks/onnx_export``: the Lightning callback config shipped in the package
-      (``onnxport/conf/callbacks/onnx_export.yaml``): one line, ``- onnx_export``, in a
+      (``onnxport/conf/configstore/callbacks/onnx_export.yaml``): one line, ``- onnx_export``, in a
       project's ``callbacks`` defaults list adds it.
 
     The ``hydra_plugins.onnxport`` package calls this on import, which is how both reach any
@@ -91,7 +96,7 @@ def register_configs() -> None:
 
     store = ConfigStore.instance()
     store.store(group="onnxport", name="export_schema", node=ExportConfig, provider="onnxport")
-    callback = OmegaConf.load(PACKAGED_CONF / "callbacks" / "onnx_export.yaml")
+    callback = OmegaConf.load(STORED_CONF / "callbacks" / "onnx_export.yaml")
     # Plain data, not the typed schema: `config: ${export}` must be able to replace it.
     callback.onnx_export.config = ExportConfig().to_dict()
     store.store(group="callbacks", name="onnx_export", node=callback, provider="onnxport")
