@@ -264,6 +264,7 @@ def test_editing_conf_export_reruns_export_and_evaluate_only(pipeline: Pipeline)
         handle.write("model_version: 3\n")
 
     output = dvc(pipeline.root, "repro")
+    # Not train: best.onnx is the export made when training ran (dvc.yaml's train params).
     assert ran_stages(output) == ["export", "evaluate"]
     assert opset_and_version(pipeline.root / "models" / "model.onnx")[1] == 3
     # The export stage wrote the edit back to params.yaml, so dvc.lock records what ran.
