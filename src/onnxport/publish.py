@@ -106,22 +106,11 @@ def check_report(config: ExportConfig, output: Path) -> Path:
     checkpoint, say); a directory that cannot be made or written. (Non-finite tolerances:
     :func:`onnxport.validation.check_tolerances`.)
     """
-    from onnxport.report import PLOT_NAMES
-
-    settings = config.validation
-    path = report_path(config, output)
-    targets = [("export.validation.report", path, False)]
-    if settings.metrics:
-        targets.append(("export.validation.metrics", _absolute(settings.metrics), False))
-    if settings.plots:
-        targets += [
-            ("export.validation.plots", _absolute(settings.plots) / f"{n}.json", True) for n in PLOT_NAMES
-        ]
     taken = {
         output: "the output file",
         **{p: "a name kept for a rejected export" for p in rejected_paths(output)},
     }
-    for key, target, plot in targets:
+    for key, target, plot in json_files(config, output):
         if target in taken or target == Path(f"{output}.data") or _is_data_file_of(target, output):
             what = taken.get(target, "the output's data file")
             raise InputError(
@@ -135,7 +124,22 @@ def check_report(config: ExportConfig, output: Path) -> Path:
                 f"{key}={str(target)!r} is in a directory that is not writable",
                 fix=f"set {key} to a writable path",
             )
-    return path
+    return report_path(config, output)
+
+
+def json_files(config: ExportConfig, output: Path) -> list[tuple[str, Path, bool]]:
+    """``(config key, absolute path, is a plot)`` of every JSON file an export writes beside the model."""
+    from onnxport.report import PLOT_NAMES
+
+    settings = config.validation
+    files = [("export.validation.report", report_path(config, output), False)]
+    if settings.metrics:
+        files.append(("export.validation.metrics", _absolute(settings.metrics), False))
+    if settings.plots:
+        files += [
+            ("export.validation.plots", _absolute(settings.plots) / f"{n}.json", True) for n in PLOT_NAMES
+        ]
+    return files
 
 
 def _absolute(path: str) -> Path:

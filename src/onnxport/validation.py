@@ -97,7 +97,9 @@ def validate(
     config = ExportConfig.coerce(config, **options)
     path = Path(onnx_path)
     if not path.is_file():
-        problem = "is a directory" if path.is_dir() else "does not exist"
+        problem = (
+            "is a directory" if path.is_dir() else "is not a file" if path.exists() else "does not exist"
+        )
         raise InputError(f"ONNX file {str(path)!r} {problem}", fix="pass the path of an exported file")
     _check_model(model)
     with preserved_state(model):
@@ -119,8 +121,13 @@ def run_validation(
 
     settings = config.validation
     check_tolerances(settings)
-    load_header(path)  # a file that is no ONNX model is bad input (exit 2), not a failed validation
-    check_file(path)
+    try:
+        check_file(path)
+    except CheckerError:
+        load_header(
+            path
+        )  # a file that is no ONNX model at all is bad input (exit 2), not a failed validation
+        raise
     session = open_session(path)
     graph_inputs = session.get_inputs()
     graph_outputs = [meta.name for meta in session.get_outputs()]

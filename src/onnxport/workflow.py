@@ -22,13 +22,13 @@ on any failure; everything that can be refused (paths, tolerances) is refused be
 
 Adding a transform step (issue 13: reduced-precision variants, graph optimisation) takes
 one new module and one line. The module exposes ``transform(raw: Path, staging: Path,
-config: ExportConfig) -> Path``: it reads the raw export (weights in ``<raw>.data``
-beside it) and writes its result into ``staging``, returning the new raw path. The line
-goes between the export and the layout steps::
+config: ExportConfig) -> Path``: it reads the raw export (weights inline, or in the external
+data file its header references) and writes its result into ``staging``, returning the new
+raw path. The line goes between the export and the layout steps of :func:`export`::
 
-    raw = exported.path
-    raw = quantize.transform(raw, staging, config)   # <- the new step
-    layouts = _stage_layouts(raw, ...)
+    run, raw = _export(model, inputs, staging, config)
+    raw = quantize.transform(raw, staging, config)  # <- the new step
+    layouts = _stage_layouts(raw, output, staging, run, config, weights_sha256(model))
 
 Validation then checks the transformed file against the eager model with the same
 tolerances, and publishing is unchanged.
@@ -135,7 +135,8 @@ def export(
     report_path = publish.check_report(config, output)  # refused now, not after publishing
     check_tolerances(config.validation)
 
-    with preserved_state(model), publish.staging_dir(output, report_path.parent) as staging:
+    written = {path.parent for _, path, _ in publish.json_files(config, output)}  # swept of dead temps too
+    with preserved_state(model), publish.staging_dir(output, *written) as staging:
         inputs = _prepare_inputs(model, example_inputs, config)
         run, raw = _export(model, inputs, staging, config)
         layouts = _stage_layouts(raw, output, staging, run, config, weights_sha256(model))
