@@ -31,7 +31,6 @@ import os
 import re
 import sys
 import textwrap
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +44,7 @@ from onnxport.errors import (
     OnnxportError,
     one_line,
 )
+from onnxport.progress import is_progress, phase
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from onnxport.workflow import ExportResult
 
 log = logging.getLogger(__name__)
-PROGRESS_LINE = re.compile(r"\w+ done in [\d.]+ s")  # what each phase logs when it finishes
 
 DEFAULT_CONFIG_DIR = "conf"
 DEFAULT_CONFIG_NAME = "config"
@@ -141,15 +140,15 @@ def cli_syntax(text: str) -> str:
 def progress_to_stderr() -> Iterator[None]:
     """Show onnxport's progress lines and warnings on stderr, as ``onnxport: <message>``.
 
-    Each phase logs ``log.info("%s done in %.1f s", phase, seconds)`` on a logger under
-    ``onnxport`` when it finishes; those INFO records and every WARNING or worse are shown as
+    Each phase logs ``<phase> done in X s`` (:mod:`onnxport.progress`) when it finishes;
+    those INFO records and every WARNING or worse are shown as
     they come (other INFO records, e.g. the validation table, are the result on stdout).
     Removed again on exit, so ``main()`` can run in-process.
     """
     logger = logging.getLogger("onnxport")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("onnxport: %(message)s"))
-    handler.addFilter(lambda record: record.levelno >= logging.WARNING or _is_progress(record))
+    handler.addFilter(lambda record: record.levelno >= logging.WARNING or is_progress(record))
     saved_level = logger.level
     logger.addHandler(handler)
     if logger.getEffectiveLevel() > logging.INFO:
@@ -159,18 +158,6 @@ def progress_to_stderr() -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved_level)
-
-
-def _is_progress(record: logging.LogRecord) -> bool:
-    return bool(PROGRESS_LINE.fullmatch(record.getMessage()))
-
-
-@contextlib.contextmanager
-def phase(name: str) -> Iterator[None]:
-    """Log ``<name> done in X s`` when the block finishes (the CLI's own phases, e.g. load)."""
-    started = time.perf_counter()
-    yield
-    log.info("%s done in %.1f s", name, time.perf_counter() - started)
 
 
 # -- export -------------------------------------------------------------------------------

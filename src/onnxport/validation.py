@@ -45,6 +45,7 @@ from onnxport.hashing import artifact_sha256
 from onnxport.inputs import ModelInputs, flatten_outputs, generate_inputs, prepare_inputs
 from onnxport.model_state import preserved_state, probe
 from onnxport.parity import compare, first_divergence, to_numpy
+from onnxport.progress import done, phase
 from onnxport.provenance import run_context
 from onnxport.report import CaseResult, ValidationReport
 
@@ -122,12 +123,12 @@ def run_validation(
     settings = config.validation
     check_tolerances(settings)
     try:
-        check_file(path)
+        with phase("check"):
+            check_file(path)
     except CheckerError:
-        load_header(
-            path
-        )  # a file that is no ONNX model at all is bad input (exit 2), not a failed validation
+        load_header(path)  # a file that is no ONNX model at all is bad input (exit 2), not a failed check
         raise
+    started = time.perf_counter()
     session = open_session(path)
     graph_inputs = session.get_inputs()
     graph_outputs = [meta.name for meta in session.get_outputs()]
@@ -163,6 +164,7 @@ def run_validation(
         run={**run_context(), "onnx_sha256": artifact_sha256(path, data_files(path))},
     )
     if report.passed:
+        done("validate", started)
         logger.info("%s", report.summary())
         return report
     error_type = NonFiniteError if report.non_finite else ParityError

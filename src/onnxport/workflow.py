@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from onnxport.config import ExportConfig
 from onnxport.errors import ValidationError
+from onnxport.progress import phase
 
 if TYPE_CHECKING:
     from onnxport.exporters import ExporterRun
@@ -137,16 +138,18 @@ def export(
 
     written = {path.parent for _, path, _ in publish.json_files(config, output)}  # swept of dead temps too
     with preserved_state(model), publish.staging_dir(output, *written) as staging:
-        inputs = _prepare_inputs(model, example_inputs, config)
-        run, raw = _export(model, inputs, staging, config)
-        layouts = _stage_layouts(raw, output, staging, run, config, weights_sha256(model))
-        validation = _validate(layouts, model, inputs, config, output)
-        sha256 = layouts.sha256()  # from the staged bytes: nothing can swap them after the rename
-        # The checkpoint file's hash differs per clone (Lightning stores its dirpath): report only.
-        context = {**run_context(output.parent), "checkpoint_sha256": checkpoint_sha256}
-        report = {report_path: _report(validation, output, sha256, context)}
-        results = result_files(validation, config.validation)
-        publish.commit(layouts, output, files={**report, **results})  # DVC metrics and plots too
+        with phase("export"):
+            inputs = _prepare_inputs(model, example_inputs, config)
+            run, raw = _export(model, inputs, staging, config)
+            layouts = _stage_layouts(raw, output, staging, run, config, weights_sha256(model))
+        validation = _validate(layouts, model, inputs, config, output)  # phases check, validate
+        with phase("publish"):
+            sha256 = layouts.sha256()  # from the staged bytes: nothing can swap them after the rename
+            # The checkpoint file's hash differs per clone (Lightning stores its dirpath): report only.
+            context = {**run_context(output.parent), "checkpoint_sha256": checkpoint_sha256}
+            report = {report_path: _report(validation, output, sha256, context)}
+            results = result_files(validation, config.validation)
+            publish.commit(layouts, output, files={**report, **results})  # DVC metrics and plots too
     return _result(run, output, sha256, config, validation, report_path, context, started)
 
 
