@@ -115,8 +115,13 @@ def run_validation(
     config: ExportConfig,
     *,
     samples: Optional[Sequence[Any]] = None,
+    onnx_sha256: Optional[str] = None,
 ) -> ValidationReport:
-    """:func:`validate` on prepared inputs; :func:`onnxport.export` calls it on its staged file."""
+    """:func:`validate` on prepared inputs; :func:`onnxport.export` calls it on its staged file.
+
+    ``onnx_sha256`` is the hash of the bytes the report vouches for, when the caller has it
+    (export hashed them while writing); otherwise the file at ``path`` is hashed.
+    """
     from onnxport.inspection import load_header
     from onnxport.publish import data_files
 
@@ -161,7 +166,7 @@ def run_validation(
         ort_latency_ms=results[0].ort_ms,
         first_divergence=divergence,
         # The file's hash ties the report to the exact bytes it vouches for (`onnxport inspect`).
-        run={**run_context(), "onnx_sha256": artifact_sha256(path, data_files(path))},
+        run={**run_context(), "onnx_sha256": onnx_sha256 or artifact_sha256(path, data_files(path))},
     )
     if report.passed:
         done("validate", started)

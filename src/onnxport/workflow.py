@@ -208,7 +208,7 @@ def _validate(
     if not config.validation.enabled:
         return None
     try:
-        report = run_validation(layouts.checked, model, inputs, config)
+        report = run_validation(layouts.checked, model, inputs, config, onnx_sha256=layouts.sha256())
     except ValidationError as error:
         rejected = publish.keep_rejected(layouts.published, output)
         if error.report is not None:
