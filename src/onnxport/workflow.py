@@ -124,7 +124,7 @@ def export(
     """
     from onnxport import publish
     from onnxport.model_state import preserved_state
-    from onnxport.provenance import run_context, weights_sha256
+    from onnxport.provenance import run_context, start_weights_sha256
     from onnxport.report import result_files
     from onnxport.unwrap import unwrap
     from onnxport.validation import check_tolerances
@@ -139,9 +139,10 @@ def export(
     written = {path.parent for _, path, _ in publish.json_files(config, output)}  # swept of dead temps too
     with preserved_state(model), publish.staging_dir(output, *written) as staging:
         with phase("export"):
+            weights = start_weights_sha256(model)  # hashed while torch.onnx exports
             inputs = _prepare_inputs(model, example_inputs, config)
             run, raw = _export(model, inputs, staging, config)
-            layouts = _stage_layouts(raw, output, staging, run, config, weights_sha256(model))
+            layouts = _stage_layouts(raw, output, staging, run, config, weights.result())
         validation = _validate(layouts, model, inputs, config, output)  # phases check, validate
         with phase("publish"):
             sha256 = layouts.sha256()  # from the staged bytes: nothing can swap them after the rename
