@@ -45,6 +45,7 @@ from onnxport.hashing import artifact_sha256
 from onnxport.inputs import ModelInputs, flatten_outputs, generate_inputs, prepare_inputs
 from onnxport.model_state import preserved_state, probe
 from onnxport.parity import compare, first_divergence, to_numpy
+from onnxport.progress import done, phase
 from onnxport.provenance import run_context
 from onnxport.report import CaseResult, ValidationReport
 
@@ -97,7 +98,9 @@ def validate(
     config = ExportConfig.coerce(config, **options)
     path = Path(onnx_path)
     if not path.is_file():
-        problem = "is a directory" if path.is_dir() else "does not exist"
+        problem = (
+            "is a directory" if path.is_dir() else "is not a file" if path.exists() else "does not exist"
+        )
         raise InputError(f"ONNX file {str(path)!r} {problem}", fix="pass the path of an exported file")
     _check_model(model)
     with preserved_state(model):
@@ -112,15 +115,25 @@ def run_validation(
     config: ExportConfig,
     *,
     samples: Optional[Sequence[Any]] = None,
+    onnx_sha256: Optional[str] = None,
 ) -> ValidationReport:
-    """:func:`validate` on prepared inputs; :func:`onnxport.export` calls it on its staged file."""
+    """:func:`validate` on prepared inputs; :func:`onnxport.export` calls it on its staged file.
+
+    ``onnx_sha256`` is the hash of the bytes the report vouches for, when the caller has it
+    (export hashed them while writing); otherwise the file at ``path`` is hashed.
+    """
     from onnxport.inspection import load_header
     from onnxport.publish import data_files
 
     settings = config.validation
     check_tolerances(settings)
-    load_header(path)  # a file that is no ONNX model is bad input (exit 2), not a failed validation
-    check_file(path)
+    try:
+        with phase("check"):
+            check_file(path)
+    except CheckerError:
+        load_header(path)  # a file that is no ONNX model at all is bad input (exit 2), not a failed check
+        raise
+    started = time.perf_counter()
     session = open_session(path)
     graph_inputs = session.get_inputs()
     graph_outputs = [meta.name for meta in session.get_outputs()]
@@ -153,9 +166,10 @@ def run_validation(
         ort_latency_ms=results[0].ort_ms,
         first_divergence=divergence,
         # The file's hash ties the report to the exact bytes it vouches for (`onnxport inspect`).
-        run={**run_context(), "onnx_sha256": artifact_sha256(path, data_files(path))},
+        run={**run_context(), "onnx_sha256": onnx_sha256 or artifact_sha256(path, data_files(path))},
     )
     if report.passed:
+        done("validate", started)
         logger.info("%s", report.summary())
         return report
     error_type = NonFiniteError if report.non_finite else ParityError

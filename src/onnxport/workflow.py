@@ -22,13 +22,13 @@ on any failure; everything that can be refused (paths, tolerances) is refused be
 
 Adding a transform step (issue 13: reduced-precision variants, graph optimisation) takes
 one new module and one line. The module exposes ``transform(raw: Path, staging: Path,
-config: ExportConfig) -> Path``: it reads the raw export (weights in ``<raw>.data``
-beside it) and writes its result into ``staging``, returning the new raw path. The line
-goes between the export and the layout steps::
+config: ExportConfig) -> Path``: it reads the raw export (weights inline, or in the external
+data file its header references) and writes its result into ``staging``, returning the new
+raw path. The line goes between the export and the layout steps of :func:`export`::
 
-    raw = exported.path
-    raw = quantize.transform(raw, staging, config)   # <- the new step
-    layouts = _stage_layouts(raw, ...)
+    run, raw = _export(model, inputs, staging, config)
+    raw = quantize.transform(raw, staging, config)  # <- the new step
+    layouts = _stage_layouts(raw, output, staging, run, config, weights_sha256(model))
 
 Validation then checks the transformed file against the eager model with the same
 tolerances, and publishing is unchanged.
@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from onnxport.config import ExportConfig
 from onnxport.errors import ValidationError
+from onnxport.progress import phase
 
 if TYPE_CHECKING:
     from onnxport.exporters import ExporterRun
@@ -123,7 +124,7 @@ def export(
     """
     from onnxport import publish
     from onnxport.model_state import preserved_state
-    from onnxport.provenance import run_context, weights_sha256
+    from onnxport.provenance import run_context, start_weights_sha256
     from onnxport.report import result_files
     from onnxport.unwrap import unwrap
     from onnxport.validation import check_tolerances
@@ -135,17 +136,21 @@ def export(
     report_path = publish.check_report(config, output)  # refused now, not after publishing
     check_tolerances(config.validation)
 
-    with preserved_state(model), publish.staging_dir(output, report_path.parent) as staging:
-        inputs = _prepare_inputs(model, example_inputs, config)
-        run, raw = _export(model, inputs, staging, config)
-        layouts = _stage_layouts(raw, output, staging, run, config, weights_sha256(model))
-        validation = _validate(layouts, model, inputs, config, output)
-        sha256 = layouts.sha256()  # from the staged bytes: nothing can swap them after the rename
-        # The checkpoint file's hash differs per clone (Lightning stores its dirpath): report only.
-        context = {**run_context(output.parent), "checkpoint_sha256": checkpoint_sha256}
-        report = {report_path: _report(validation, output, sha256, context)}
-        results = result_files(validation, config.validation)
-        publish.commit(layouts, output, files={**report, **results})  # DVC metrics and plots too
+    written = {path.parent for _, path, _ in publish.json_files(config, output)}  # swept of dead temps too
+    with preserved_state(model), publish.staging_dir(output, *written) as staging:
+        with phase("export"):
+            weights = start_weights_sha256(model)  # hashed while torch.onnx exports
+            inputs = _prepare_inputs(model, example_inputs, config)
+            run, raw = _export(model, inputs, staging, config)
+            layouts = _stage_layouts(raw, output, staging, run, config, weights.result())
+        validation = _validate(layouts, model, inputs, config, output)  # phases check, validate
+        with phase("publish"):
+            sha256 = layouts.sha256()  # from the staged bytes: nothing can swap them after the rename
+            # The checkpoint file's hash differs per clone (Lightning stores its dirpath): report only.
+            context = {**run_context(output.parent), "checkpoint_sha256": checkpoint_sha256}
+            report = {report_path: _report(validation, output, sha256, context)}
+            results = result_files(validation, config.validation)
+            publish.commit(layouts, output, files={**report, **results})  # DVC metrics and plots too
     return _result(run, output, sha256, config, validation, report_path, context, started)
 
 
@@ -204,7 +209,7 @@ def _validate(
     if not config.validation.enabled:
         return None
     try:
-        report = run_validation(layouts.checked, model, inputs, config)
+        report = run_validation(layouts.checked, model, inputs, config, onnx_sha256=layouts.sha256())
     except ValidationError as error:
         rejected = publish.keep_rejected(layouts.published, output)
         if error.report is not None:
