@@ -179,6 +179,16 @@ def template_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PROJECT_ROOT", str(project))
     yield project
     _forget_template_modules()
+    _forget_hydra_state()
+
+
+def _forget_hydra_state() -> None:
+    """compose_template sets HydraConfig as a Hydra run does; later tests must not inherit it."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None
+    GlobalHydra.instance().clear()
 
 
 def compose_template(project: Path, overrides: list[str] | tuple[str, ...] = ()):

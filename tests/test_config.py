@@ -121,9 +121,9 @@ def test_the_packaged_callback_config_names_and_comments_every_argument():
     import yaml
 
     from onnxport.callback import OnnxExportCallback
-    from onnxport.hydra_config import PACKAGED_CONF
+    from onnxport.hydra_config import STORED_CONF
 
-    path = PACKAGED_CONF / "callbacks" / "onnx_export.yaml"
+    path = STORED_CONF / "callbacks" / "onnx_export.yaml"
     lines = path.read_text().splitlines()
     declared = set(yaml.safe_load(path.read_text())["onnx_export"]) - {"_target_"}
     commented = {line.split(":")[0].strip("# ") for line in lines if line.startswith("  # config:")}

@@ -264,6 +264,7 @@ def test_editing_conf_export_reruns_export_and_evaluate_only(pipeline: Pipeline)
         handle.write("model_version: 3\n")
 
     output = dvc(pipeline.root, "repro")
+    # Not train: best.onnx is the export made when training ran (dvc.yaml's train params).
     assert ran_stages(output) == ["export", "evaluate"]
     assert opset_and_version(pipeline.root / "models" / "model.onnx")[1] == 3
     # The export stage wrote the edit back to params.yaml, so dvc.lock records what ran.
@@ -301,30 +302,51 @@ def test_exp_run_set_opset_17_gives_an_opset_17_model(pipeline: Pipeline):
 
 
 def quick_start_snippets() -> tuple[str, str]:
-    """The ``conf/onnx.yaml`` and ``dvc.yaml`` blocks of the README's DVC quick start."""
+    """The ``configs/onnx.yaml`` and ``dvc.yaml`` blocks of the README's DVC quick start."""
     text = (REPO_ROOT / "README.md").read_text()
-    quick_start = text[text.index("## Quick start: DVC stage") :]
-    conf, stage = re.findall(r"```yaml\n(.*?)```", quick_start, flags=re.S)[:2]
+    quick_start = text[text.index("## Quick start: DVC stage") : text.index("## Commands")]
+    blocks = re.findall(r"```yaml\n(.*?)```", quick_start, flags=re.S)
+    conf = next(block for block in blocks if "onnxport export" in block and "defaults:" in block)
+    stage = next(block for block in blocks if block.startswith("stages:"))
     return conf, stage
 
 
-def test_quick_start_adds_the_stage_to_an_existing_project(pipeline: Pipeline, tmp_path: Path):
-    # An existing DVC + Hydra project: model code, a training config with `model:`, a checkpoint.
+def train_template_project(project: Path) -> Path:
+    """One CPU epoch of the template project's own ``train()``; returns ``checkpoints/last.ckpt``."""
+    from conftest import TEMPLATE_DIR, _forget_template_modules, compose_template
+
+    shutil.copytree(TEMPLATE_DIR, project, ignore=shutil.ignore_patterns("__pycache__"))
+    with pytest.MonkeyPatch.context() as patch:
+        _forget_template_modules()
+        patch.chdir(project)
+        patch.syspath_prepend(str(project))
+        patch.setenv("PROJECT_ROOT", str(project))
+        from src.train import train
+
+        overrides = ["test=False", f"callbacks.model_checkpoint.dirpath={project}/checkpoints"]
+        train(compose_template(project, overrides))
+        _forget_template_modules()
+    return project / "checkpoints" / "last.ckpt"
+
+
+def test_quick_start_adds_the_stage_to_an_existing_project(tmp_path: Path):
+    # A lightning-hydra-template-shaped project (tests/template/, on digits) after its own training.
     project = tmp_path / "project"
-    shutil.copytree(pipeline.root / "pipelines", project / "pipelines")
-    shutil.copytree(pipeline.root / "conf" / "model", project / "conf" / "model")
-    (project / "conf" / "config.yaml").write_text("defaults:\n  - model: digits_cnn\n  - _self_\n")
-    (project / "checkpoints").mkdir()
-    shutil.copy2(pipeline.root / "checkpoints" / "best.ckpt", project / "checkpoints")
-    (project / ".gitignore").write_text("/checkpoints/\n__pycache__/\n")
+    assert train_template_project(project).is_file()
+    with (project / ".gitignore").open("a") as ignore:
+        ignore.write("/checkpoints/\n*.rejected.*\n")
     git(project, "init", "-q", "-b", "main")
     dvc(project, "init", "-q")
     dvc(project, "config", "core.analytics", "false")
+    with (project / ".dvcignore").open("a") as ignore:
+        ignore.write("*.rejected.*\n")
 
     conf, stage = quick_start_snippets()
-    (project / "conf" / "onnx.yaml").write_text(conf)
+    assert "shape: [2, 1, 28, 28]" in conf  # the README's MNIST; this template project is on 8x8 digits
+    (project / "configs" / "onnx.yaml").write_text(conf.replace("[2, 1, 28, 28]", "[2, 1, 8, 8]"))
     (project / "dvc.yaml").write_text(stage)
     dvc(project, "config", "hydra.enabled", "true")
+    dvc(project, "config", "hydra.config_dir", "configs")
     dvc(project, "config", "hydra.config_name", "onnx")
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "add the onnxport export stage")
@@ -360,4 +382,4 @@ def test_quick_start_adds_the_stage_to_an_existing_project(pipeline: Pipeline, t
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(clone / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert session.run(None, {"image": np.zeros((3, 1, 8, 8), np.float32)})[0].shape == (3, 10)
+    assert session.run(None, {"x": np.zeros((3, 1, 8, 8), np.float32)})[0].shape == (3, 10)

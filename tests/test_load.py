@@ -260,7 +260,7 @@ def test_targets_and_classes_that_build_no_module_are_input_errors(weights):
     path, _ = weights
     with pytest.raises(InputError, match=r"_target_ 'collections.OrderedDict' built a OrderedDict") as built:
         load_model(path, model={"_target_": "collections.OrderedDict"})
-    with pytest.raises(InputError, match=r"model_class 'os.path.join' is a function, not a class") as named:
+    with pytest.raises(InputError, match=r"model_class='os.path.join' is a function, not a class") as named:
         load_model(path, model_class="os.path.join")
     assert built.value.fix and named.value.fix
 

@@ -120,6 +120,14 @@ def test_dvc_yaml_declares_the_stages_metrics_and_model_artifact():
     assert {"opset", "inputs"} <= set(artifact["meta"])
 
 
+def test_export_settings_never_retrain():
+    # The callback's config is ${export}: export settings re-run the export stage, never training.
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["train"]
+    assert not any(p in ("callbacks", "callbacks.onnx_export") or ".config" in p for p in stage["params"])
+    assert not any(p == "export" or p.startswith("export.") for p in stage["params"])
+    assert "conf/export" not in stage["deps"]
+
+
 def test_dvc_config_enables_hydra_composition_from_conf():
     from configobj import ConfigObj
 

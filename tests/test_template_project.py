@@ -120,11 +120,6 @@ def test_the_onnxport_cli_exports_a_template_checkpoint(in_project):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="hydra-cli: `model=digits` (choosing the template's model config group) is rewritten to "
-    "'++model=digits' and refused: 'force-add of config groups is not supported'",
-)
 def test_the_onnxport_cli_takes_the_model_group_option_as_users_write_it(in_project):
     project, best = in_project
     output = project / "exported" / "model.onnx"

@@ -109,7 +109,9 @@ def test_correct_model_passes_at_every_shape_and_the_json_holds_the_numbers(mlp_
     assert set(per_shape["batch=5"]) >= {"max_abs_diff", "max_rel_diff", "mismatch_pct"}
     assert metrics["tolerances"] == {"atol": 1e-4, "rtol": 1e-3}
     assert set(metrics["run"]) >= {"git_commit", "git_dirty", "host", "time"}
-    numbers = [v for k, v in _flatten(metrics).items() if not k.startswith("run.")]
+    assert [row["case"] for row in metrics["latency"]] == ["batch=2", "batch=1", "batch=5"]
+    assert all(row["torch_ms"] > 0 and row["onnxruntime_ms"] > 0 for row in metrics["latency"])
+    numbers = [v for k, v in _flatten(metrics).items() if not k.startswith(("run.", "latency"))]
     assert all(isinstance(v, (int, float)) for v in numbers), "metric sections hold numbers only"
 
 

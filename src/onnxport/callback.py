@@ -422,13 +422,13 @@ class _RankZeroInfo(logging.Handler):
     """
 
     def emit(self, record: logging.LogRecord) -> None:
-        from onnxport.cli import PROGRESS_LINE
+        from onnxport.progress import is_progress
 
         message = f"OnnxExportCallback: {record.getMessage()}"
         if record.levelno >= logging.WARNING:  # the export runs on global rank 0 only
             package = Callback.__module__.partition(".callbacks")[0]
             logging.getLogger(f"{package}.utilities.rank_zero").log(record.levelno, message)
-        elif PROGRESS_LINE.fullmatch(record.getMessage()):
+        elif is_progress(record):
             rank_zero_info(message)
 
 

@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import sys
-import time
+import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +44,7 @@ from onnxport.errors import (
     OnnxportError,
     one_line,
 )
+from onnxport.progress import is_progress, phase
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
     from onnxport.workflow import ExportResult
 
 log = logging.getLogger(__name__)
-PROGRESS_LINE = re.compile(r"\w+ done in [\d.]+ s")  # what each phase logs when it finishes
 
 DEFAULT_CONFIG_DIR = "conf"
 DEFAULT_CONFIG_NAME = "config"
@@ -140,15 +140,15 @@ def cli_syntax(text: str) -> str:
 def progress_to_stderr() -> Iterator[None]:
     """Show onnxport's progress lines and warnings on stderr, as ``onnxport: <message>``.
 
-    Each phase logs ``log.info("%s done in %.1f s", phase, seconds)`` on a logger under
-    ``onnxport`` when it finishes; those INFO records and every WARNING or worse are shown as
+    Each phase logs ``<phase> done in X s`` (:mod:`onnxport.progress`) when it finishes;
+    those INFO records and every WARNING or worse are shown as
     they come (other INFO records, e.g. the validation table, are the result on stdout).
     Removed again on exit, so ``main()`` can run in-process.
     """
     logger = logging.getLogger("onnxport")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("onnxport: %(message)s"))
-    handler.addFilter(lambda record: record.levelno >= logging.WARNING or _is_progress(record))
+    handler.addFilter(lambda record: record.levelno >= logging.WARNING or is_progress(record))
     saved_level = logger.level
     logger.addHandler(handler)
     if logger.getEffectiveLevel() > logging.INFO:
@@ -158,18 +158,6 @@ def progress_to_stderr() -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved_level)
-
-
-def _is_progress(record: logging.LogRecord) -> bool:
-    return bool(PROGRESS_LINE.fullmatch(record.getMessage()))
-
-
-@contextlib.contextmanager
-def phase(name: str) -> Iterator[None]:
-    """Log ``<name> done in X s`` when the block finishes (the CLI's own phases, e.g. load)."""
-    started = time.perf_counter()
-    yield
-    log.info("%s done in %.1f s", name, time.perf_counter() - started)
 
 
 # -- export -------------------------------------------------------------------------------
@@ -284,17 +272,19 @@ def export_keys_help() -> str:
     rows = [row for row in option_rows(CommandConfig, "") if row[0] != "export"]
     for cls, prefix in REFERENCE_SECTIONS:
         rows += option_rows(cls, prefix)
-    width = max(len(key) for key, _, _ in rows)
     lines = [
         "onnxport export [--config-dir DIR] [--config-name NAME] [hydra flags] [key=value ...]",
         "",
         "Export the checkpoint a Hydra config names to a validated ONNX file. onnxport reads these",
-        "keys and no others (default in brackets); set them in the config or as key=value:",
+        "keys and no others; set them in the config or on the command line as key=value:",
         "",
     ]
     for key, default, meaning in rows:
-        shown = f" [{default}]" if default not in ("", '""') else ""
-        lines.append(f"  {key.ljust(width)}  {meaning}{shown}")
+        shown = f" (default {default})" if default not in ("", '""') else ""
+        lines.append(f"  {key}{shown}")
+        lines += textwrap.wrap(
+            meaning.replace("``", "`"), width=96, initial_indent=" " * 6, subsequent_indent=" " * 6
+        )
     lines += ["", EXIT_CODES.rstrip(), "", "Hydra's own help follows.", ""]
     return "\n".join(lines)
 
@@ -315,15 +305,17 @@ def _hydra_argv(args: list[str]) -> list[str]:
         if size and flags[start : start + size] == parsed.overrides:
             del flags[start : start + size]
             break
-    if parsed.config_dir is None:
+    config_dir = parsed.config_dir
+    if config_dir is None:
         if Path(DEFAULT_CONFIG_DIR).is_dir():
+            config_dir = DEFAULT_CONFIG_DIR
             flags += ["--config-dir", DEFAULT_CONFIG_DIR]
         elif not (parsed.help or parsed.hydra_help):
             raise ConfigError(
                 f"no --config-dir given and there is no ./{DEFAULT_CONFIG_DIR} in {Path.cwd()}",
                 fix="run from the project root or pass --config-dir DIR (the dir holding config.yaml)",
             )
-    return [*HYDRA_OVERRIDES, *own_key_overrides(parsed.overrides), *flags]
+    return [*HYDRA_OVERRIDES, *own_key_overrides(parsed.overrides, config_dir), *flags]
 
 
 @contextlib.contextmanager

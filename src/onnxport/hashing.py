@@ -22,12 +22,13 @@ def file_sha256(path: PathLike, *, chunk_size: int = 1 << 20) -> str:
 def artifact_sha256(
     header: PathLike, data_files: Iterable[PathLike] = (), *, chunk_size: int = 1 << 20
 ) -> str:
-    """Hex sha256 of ``header`` followed by its ``data_files`` (in the order given).
+    """Hex sha256 of the ``data_files`` (in the order given) followed by ``header``.
 
-    With no data file this is :func:`file_sha256` of the header, so a self-contained
-    ``.onnx`` file hashes as ``sha256sum`` says.
+    Data first: publishing hashes the weights once, while naming their file, and then adds
+    the header it writes. With no data file this is :func:`file_sha256` of the header, so a
+    self-contained ``.onnx`` file hashes as ``sha256sum`` says.
     """
-    return _digest([header, *data_files], chunk_size).hexdigest()
+    return _digest([*data_files, header], chunk_size).hexdigest()
 
 
 def stream_sha256(handle: BinaryIO, *, chunk_size: int = 1 << 20) -> str:

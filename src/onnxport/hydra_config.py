@@ -18,13 +18,13 @@ configs are read and checked before torch is imported, so bad config fails fast.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from onnxport.classpath import resolve_class
 from onnxport.config import ExportConfig, build
 from onnxport.errors import CheckpointError, ConfigError, InputError
 
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 PACKAGED_CONF = Path(__file__).with_name("conf")
+# Configs registered in the ConfigStore, kept off Hydra's search path (the packaged conf/ is the
+# CLI's primary config path): a file there named like a ConfigStore entry would shadow it.
+STORED_CONF = PACKAGED_CONF / "configstore"
 # Ahead of the user's overrides: onnxport configures its own logging (no log file, no colorlog
 # handler that may not be installed) and runs in the current directory (no timestamped run dir,
 # whatever the config's hydra/ group says, e.g. the lightning-hydra-template's hydra/default.yaml).
@@ -44,6 +47,8 @@ HYDRA_OVERRIDES = (
     "hydra.sweep.subdir=.",
     "hydra.output_subdir=null",
     "hydra.job.chdir=false",
+    "hydra.job.name=onnxport",
+    "hydra.help.app_name=onnxport",
 )
 # rootutils (the lightning-hydra-template's train.py) sets PROJECT_ROOT to the directory holding
 # this marker file; configs interpolate ${oc.env:PROJECT_ROOT}.
@@ -80,7 +85,7 @@ def register_configs() -> None:
       ``/onnxport/export_schema@_here_`` first in its defaults, so typos and wrong types in
       ``export.*`` fail at composition.
     - ``callbacks/onnx_export``: the Lightning callback config shipped in the package
-      (``onnxport/conf/callbacks/onnx_export.yaml``): one line, ``- onnx_export``, in a
+      (``onnxport/conf/configstore/callbacks/onnx_export.yaml``): one line, ``- onnx_export``, in a
       project's ``callbacks`` defaults list adds it.
 
     The ``hydra_plugins.onnxport`` package calls this on import, which is how both reach any
@@ -91,7 +96,7 @@ def register_configs() -> None:
 
     store = ConfigStore.instance()
     store.store(group="onnxport", name="export_schema", node=ExportConfig, provider="onnxport")
-    callback = OmegaConf.load(PACKAGED_CONF / "callbacks" / "onnx_export.yaml")
+    callback = OmegaConf.load(STORED_CONF / "callbacks" / "onnx_export.yaml")
     # Plain data, not the typed schema: `config: ${export}` must be able to replace it.
     callback.onnx_export.config = ExportConfig().to_dict()
     store.store(group="callbacks", name="onnx_export", node=callback, provider="onnxport")
@@ -110,7 +115,9 @@ def compose(
     register_configs()
     provide_project_root()
     with initialize_config_dir(str(Path(config_dir).resolve()), version_base=None):
-        return hydra_compose(config_name, overrides=[*HYDRA_OVERRIDES, *own_key_overrides(overrides)])
+        return hydra_compose(
+            config_name, overrides=[*HYDRA_OVERRIDES, *own_key_overrides(overrides, config_dir)]
+        )
 
 
 def provide_project_root(start: str | os.PathLike[str] | None = None) -> None:
@@ -128,17 +135,22 @@ def provide_project_root(start: str | os.PathLike[str] | None = None) -> None:
             return
 
 
-def own_key_overrides(overrides: Sequence[str]) -> list[str]:
+def own_key_overrides(
+    overrides: Sequence[str], config_dir: str | os.PathLike[str] | None = None
+) -> list[str]:
     """``key=value`` for onnxport's own keys as ``++key=value`` (set, or add when absent).
 
     A training config rarely has ``trust_checkpoint`` or an ``export`` node; onnxport's keys
-    never need Hydra's ``+``. Other keys, and overrides with a prefix, pass unchanged.
+    never need Hydra's ``+``. A key that is a config group in ``config_dir`` (the template's
+    ``model=mnist``) is a group choice and passes unchanged, as do other keys and overrides
+    with a prefix.
     """
     rewritten = []
     for override in overrides:
         key, equals, _ = override.partition("=")
         own = key in COMMAND_KEYS or key.startswith("export.")
-        rewritten.append(f"++{override}" if equals and own and key[:1].isalpha() else override)
+        group = config_dir is not None and Path(config_dir, *key.split(".")).is_dir()
+        rewritten.append(f"++{override}" if equals and own and key[:1].isalpha() and not group else override)
     return rewritten
 
 
@@ -311,48 +323,3 @@ def check_model(command: CommandConfig) -> type | None:
             fix="set model._target_ to your nn.Module class, or model to a LightningModule class path",
         )
     return resolve_class(spec["_target_"], "model._target_")
-
-
-def resolve_class(path: type | str, key: str = "model_class", *, error: type[Exception] = ConfigError) -> Any:
-    """Import ``"package.module.Class"`` (or ``package.module:Class``, or a nested ``Outer.Inner``).
-
-    The one resolver for class paths in configs and options. A class passes through. Raises
-    ``error`` (a ConfigError unless the caller names another OnnxportError) naming ``key``.
-    """
-    if isinstance(path, type):
-        return path
-    text = str(path).replace(":", ".")
-    parts = text.split(".")
-    if not text or not all(part.isidentifier() for part in parts):
-        raise error(f"{key}={path!r} is not an import path", fix=f"set {key} to 'package.module.Class'")
-    failure: BaseException | None = None
-    for split in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
-        module_name = ".".join(parts[:split])
-        try:
-            found: Any = importlib.import_module(module_name)
-        except ModuleNotFoundError as missing:
-            if missing.name and not module_name.startswith(missing.name):
-                failure = missing  # the module exists but imports something that does not
-                break
-            failure = failure or missing
-            continue
-        except Exception as broken:  # the module itself raised on import
-            failure = broken
-            break
-        try:
-            for attribute in parts[split:]:
-                found = getattr(found, attribute)
-        except AttributeError as missing_attribute:
-            failure = missing_attribute
-            break
-        if not isinstance(found, type):
-            raise error(
-                f"{key}={path!r} is a {type(found).__name__}, not a class",
-                fix=f"set {key} to the import path of the class itself, e.g. 'package.module.Class'",
-            )
-        return found
-    cause = f"{type(failure).__name__}: {failure}" if failure else "no module to import"
-    raise error(
-        f"{key}={path!r} cannot be imported ({cause})",
-        fix=f"set {key} to an importable 'package.module.Class' path (is the package installed?)",
-    )

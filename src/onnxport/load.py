@@ -20,7 +20,6 @@ arbitrary code.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import zipfile
@@ -28,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnxport.classpath import resolve_class
 from onnxport.errors import CheckpointError, ConfigError, InputError, one_line
 from onnxport.inert import Placeholder, RefusedGlobal, find_placeholders, inert_load, module_state_dict
 
@@ -128,7 +128,7 @@ def load_model(
                 f"checkpoint {path} is a Lightning checkpoint and needs its LightningModule class",
                 fix='pass model_class="package.module.ClassName" (or the class itself)',
             )
-        cls = _resolve_class(model_class)
+        cls = resolve_class(model_class, "model_class", error=InputError)
         if pickled:  # load_from_checkpoint would have to unpickle them, running code from the file
             in_hparams = [
                 entry.partition(": ")[2] for entry in find_placeholders(checkpoint.get("hyper_parameters"))
@@ -331,25 +331,6 @@ def _find_state_dict(checkpoint: Mapping[str, Any], path: Any) -> Mapping[str, A
     )
 
 
-def _resolve_class(model_class: type | str) -> type:
-    if isinstance(model_class, type):
-        return model_class
-    module_name, _, class_name = model_class.replace(":", ".").rpartition(".")
-    try:
-        resolved = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise InputError(
-            f"model_class {model_class!r} cannot be imported ({type(error).__name__}: {error})",
-            fix="give the full import path, e.g. 'mypackage.models.Classifier', importable from the cwd",
-        ) from error
-    if not isinstance(resolved, type):
-        raise InputError(
-            f"model_class {model_class!r} is a {type(resolved).__name__}, not a class",
-            fix="give the import path of the class itself, e.g. 'mypackage.models.Classifier'",
-        )
-    return resolved
-
-
 def _load_lightning(path: Path, cls: type, trust_checkpoint: bool, map_location: Any) -> nn.Module:
     # Duck-typed so pytorch_lightning and lightning.pytorch modules both work without importing either.
     if not callable(getattr(cls, "load_from_checkpoint", None)):
@@ -376,7 +357,7 @@ def _build_target(model: Any, model_class: type | str | None, path: Path) -> nn.
     if model is not None:
         return _instantiate(model)
     if model_class is not None:
-        cls = _resolve_class(model_class)
+        cls = resolve_class(model_class, "model_class", error=InputError)
         try:
             built = cls()
         except TypeError as error:

@@ -7,6 +7,7 @@ only goes into ``ExportResult`` and the report beside the file, never into the f
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import hashlib
 import platform
@@ -43,6 +44,24 @@ def weights_sha256(source: Any) -> str:
     checkpoint file stores (Lightning keeps absolute ``dirpath`` and ``best_model_path`` in it,
     so the file's own sha256 differs per clone). Non-tensor entries (``extra_state``) are left out.
     """
+    return _hash_state(_tensor_state(source))
+
+
+def start_weights_sha256(source: Any) -> concurrent.futures.Future[str]:
+    """:func:`weights_sha256` on a thread, so hashing a large model overlaps the export.
+
+    The tensors are taken from ``source`` now, on the calling thread (an exporter may swap a
+    module's parameters while it traces); only their bytes are read on the thread, and hashlib
+    releases the GIL while it hashes them.
+    """
+    state = _tensor_state(source)
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxport-hash")
+    future = executor.submit(_hash_state, state)
+    executor.shutdown(wait=False)
+    return future
+
+
+def _tensor_state(source: Any) -> dict[str, Any]:
     import torch
 
     if isinstance(source, torch.export.ExportedProgram):
@@ -55,12 +74,15 @@ def weights_sha256(source: Any) -> str:
         state = source
     else:
         raise TypeError(f"weights_sha256 takes a module or a state_dict, not {type(source).__name__}")
+    return {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def _hash_state(state: Mapping[str, Any]) -> str:
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(state):
-        tensor = state[name]
-        if not isinstance(tensor, torch.Tensor):
-            continue
-        tensor = tensor.detach().cpu().contiguous()
+        tensor = state[name].detach().cpu().contiguous()
         header = (
             f"{name}\0{str(tensor.dtype).removeprefix('torch.')}\0{list(tensor.shape)}\0{tensor.nbytes}\0"
         )

@@ -325,13 +325,17 @@ class Layouts:
     published: Path
     """The file that goes to the output: ``checked`` itself with external data, else an inline copy."""
     external_data: bool
+    published_sha256: str | None = None
+    """The published artifact's hash, computed while it was written (``None``: read it back)."""
 
     def data_files(self) -> list[Path]:
         return data_files(self.published)
 
     def sha256(self) -> str:
-        """The published artifact's hash (header and data), from the staged files."""
-        return artifact_sha256(self.published, self.data_files())
+        """The published artifact's hash (data, then header), from the staged files."""
+        if self.published_sha256 is None:
+            self.published_sha256 = artifact_sha256(self.published, self.data_files())
+        return self.published_sha256
 
 
 def stage_layouts(
@@ -352,7 +356,7 @@ def stage_layouts(
     """
     checked = staging / output.name
     options = {"metadata": metadata, "model_version": model_version}
-    finalize(raw, checked, **options, external_data=external_data or validating)
+    sha256 = finalize(raw, checked, **options, external_data=external_data or validating)
     published = checked
     if validating and not external_data:
         published = staging / "inline" / output.name
@@ -360,9 +364,9 @@ def stage_layouts(
             published.parent.mkdir()
         except OSError as error:
             raise disk_error(error, staging) from None
-        finalize(checked, published, **options, external_data=False)
+        sha256 = finalize(checked, published, **options, external_data=False)
     fault_point("staged")
-    return Layouts(checked, published, external_data)
+    return Layouts(checked, published, external_data, sha256)
 
 
 def finalize(
@@ -372,12 +376,13 @@ def finalize(
     metadata: Mapping[str, str],
     model_version: int,
     external_data: bool,
-) -> None:
+) -> str:
     """Write ``raw`` as ``staged``: scrubbed, with ``metadata``, weights inline or in a data file.
 
     The data file is ``<staged name>.<sha12>.data``, named after its content. Weights are
     streamed one tensor at a time, so a model whose raw export keeps its weights in external
-    data (the dynamo path) is published without a second copy of them in memory.
+    data (the dynamo path) is published without a second copy of them in memory. Returns the
+    artifact's sha256 (:func:`onnxport.hashing.artifact_sha256`), hashed as it was written.
     """
     import onnx
 
@@ -394,9 +399,8 @@ def finalize(
     model.graph.ClearField("initializer")  # the tensors keep their data; the header gets small
     try:
         if external_data:
-            _write_external(model, tensors, raw.parent, staged)
-        else:
-            _write_inline(model, tensors, raw.parent, staged)
+            return _write_external(model, tensors, raw.parent, staged)
+        return _write_inline(model, tensors, raw.parent, staged)
     except OSError as error:
         raise disk_error(error, staged.parent) from None
 
@@ -438,7 +442,7 @@ def _plain_name(name: str) -> bool:
     )
 
 
-def _write_inline(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: Path) -> None:
+def _write_inline(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: Path) -> str:
     """One self-contained file: the header, then each initializer as its own serialized fragment.
 
     Protobuf merges repeated occurrences of a message field, so ``header + fragments``
@@ -457,7 +461,9 @@ def _write_inline(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: 
     graph_field = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
     initializer_field = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
     raw_data_field = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
-    with open(staged, "wb") as out:
+    digest = hashlib.sha256()
+    with open(staged, "wb") as handle:
+        out = _HashingWriter(handle, digest)
         out.write(model.SerializeToString())
         for tensor in tensors:
             size = _payload_size(tensor)
@@ -471,24 +477,34 @@ def _write_inline(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: 
             initializer = _key(initializer_field, tensor_length)
             out.write(_key(graph_field, len(initializer) + tensor_length) + initializer + head)
             source(out)
-        out.flush()
-        os.fsync(out.fileno())
+        handle.flush()
+        os.fsync(handle.fileno())
+    return digest.hexdigest()
 
 
-def _write_external(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: Path) -> None:
-    """The header at ``staged``, the initializers' bytes in ``<staged>.<sha12>.data`` (relative location)."""
+def _write_external(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged: Path) -> str:
+    """The header at ``staged``, the initializers' bytes in ``<staged>.<sha12>.data`` (relative location).
+
+    When the raw export already keeps its weights in one data file (the dynamo exporter's), that
+    file becomes the published data file: it is hashed once and renamed, never copied. Otherwise
+    the payloads are copied into a new data file, hashed as they are written.
+    """
     import onnx
 
     partial = staged.parent / f"{staged.name}.partial.data"
-    digest = hashlib.sha256()
+    reused = _raw_data_file(tensors, raw_dir)
     placed: list[tuple[int, int, int]] = []  # (tensor index, offset, length)
-    with open(partial, "wb") as handle:
-        data = _HashingWriter(handle, digest)
+    with open(partial, "wb") if reused is None else open(reused, "ab") as handle:
+        data = _HashingWriter(handle, hashlib.sha256(), start=handle.tell())
         for index, tensor in enumerate(tensors):
             size = _payload_size(tensor)
             if _is_shape_data(tensor, size):  # read by shape inference: it cannot follow external data
                 if tensor.data_location == onnx.TensorProto.EXTERNAL:
                     tensor.raw_data = _read_payload(_detach_payload(tensor, raw_dir))
+            elif reused is not None and tensor.data_location == onnx.TensorProto.EXTERNAL:
+                info = {entry.key: entry.value for entry in tensor.external_data}
+                del tensor.external_data[:]
+                placed.append((index, int(info.get("offset", 0)), size))
             elif size is not None:
                 source = _detach_payload(tensor, raw_dir)
                 offset = data.tell()
@@ -496,31 +512,66 @@ def _write_external(model: onnx.ModelProto, tensors: list, raw_dir: Path, staged
                 placed.append((index, offset, size))
         handle.flush()
         os.fsync(handle.fileno())
+    if reused is not None:
+        os.replace(reused, partial)
+        digest = _hash_file(partial)  # the one pass over the weights; the header's hash follows on
+    else:
+        digest = data.digest
     location = f"{staged.name}.{digest.hexdigest()[:12]}.data"  # relative: the pair moves together
     if placed:
         os.replace(partial, staged.parent / location)
     else:
         partial.unlink()
+        digest = hashlib.sha256()
     for index, offset, size in placed:
         tensor = tensors[index]
         tensor.data_location = onnx.TensorProto.EXTERNAL
         for key, value in (("location", location), ("offset", offset), ("length", size)):
             tensor.external_data.add(key=key, value=str(value))
     model.graph.initializer.extend(tensors)
+    header = model.SerializeToString()
     with open(staged, "wb") as out:
-        out.write(model.SerializeToString())
+        out.write(header)
         out.flush()
         os.fsync(out.fileno())
+    digest.update(header)  # artifact_sha256: the data, then the header
+    return digest.hexdigest()
+
+
+def _raw_data_file(tensors: list, raw_dir: Path) -> Path | None:
+    """The one data file beside the raw export that holds every external payload, if there is one."""
+    import onnx
+
+    locations = {
+        entry.value
+        for tensor in tensors
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    if len(locations) != 1:
+        return None
+    (location,) = locations
+    path = raw_dir / location
+    return path if _plain_name(location) and path.is_file() and not path.is_symlink() else None
+
+
+def _hash_file(path: Path, chunk_size: int = 1 << 24) -> Any:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest
 
 
 class _HashingWriter:
     """A binary file that hashes what is written to it."""
 
-    def __init__(self, handle: Any, digest: Any) -> None:
-        self._handle, self._digest, self._position = handle, digest, 0
+    def __init__(self, handle: Any, digest: Any, start: int = 0) -> None:
+        self._handle, self.digest, self._position = handle, digest, start
 
     def write(self, chunk: bytes) -> int:
-        self._digest.update(chunk)
+        self.digest.update(chunk)
         self._position += len(chunk)
         return self._handle.write(chunk)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -395,6 +395,20 @@ def write_json_atomic(data: Any, path: str | os.PathLike[str]) -> str:
     return os.fspath(path)
 
 
+def temporary_beside(target: Path) -> tuple[int, str]:
+    """A new file beside ``target`` for writing (descriptor, path), named after this process.
+
+    Created with the umask's permissions, as the file it replaces would be (``mkstemp``'s 0600
+    would leave a report other users cannot read); the pid in the name lets a later export sweep
+    it when a kill left it behind.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        name = target.parent / f".{target.name}.pid{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        with contextlib.suppress(FileExistsError):
+            return os.open(name, flags, 0o666), str(name)
+
+
 def stage_report(data: Any, path: str | os.PathLike[str]) -> Path:
     r"""``data`` written and flushed to a temporary file beside ``path``; the caller ``os.replace``\ s it.
 
@@ -404,9 +418,7 @@ def stage_report(data: Any, path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
     try:
-        descriptor, temporary = tempfile.mkstemp(
-            prefix=f".{target.name}.pid{os.getpid()}.", suffix=".tmp", dir=target.parent
-        )
+        descriptor, temporary = temporary_beside(target)
     except OSError as error:
         raise InputError(
             f"report {str(path)!r} cannot be written: {error.strerror}", fix="choose a writable report path"

@@ -17,12 +17,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from onnxport.errors import InputError
+from onnxport.report import temporary_beside
 
 DEFAULT_MAX_BATCH_SIZE = 64
 
@@ -314,7 +314,7 @@ def _external_files(path: Path) -> list[str]:
 
 def _copy(source: Path, target: Path) -> Path:
     """Copy through a temporary file in the target directory, then ``os.replace``."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    handle, temporary = temporary_beside(target)
     os.close(handle)
     try:
         shutil.copyfile(source, temporary)
@@ -326,7 +326,7 @@ def _copy(source: Path, target: Path) -> Path:
 
 
 def _write_text(target: Path, text: str) -> Path:
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    handle, temporary = temporary_beside(target)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)

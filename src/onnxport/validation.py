@@ -45,6 +45,7 @@ from onnxport.hashing import artifact_sha256
 from onnxport.inputs import ModelInputs, flatten_outputs, generate_inputs, prepare_inputs
 from onnxport.model_state import preserved_state, probe
 from onnxport.parity import compare, first_divergence, to_numpy
+from onnxport.progress import done, phase
 from onnxport.provenance import run_context
 from onnxport.report import CaseResult, ValidationReport
 
@@ -114,20 +115,25 @@ def run_validation(
     config: ExportConfig,
     *,
     samples: Optional[Sequence[Any]] = None,
+    onnx_sha256: Optional[str] = None,
 ) -> ValidationReport:
-    """:func:`validate` on prepared inputs; :func:`onnxport.export` calls it on its staged file."""
+    """:func:`validate` on prepared inputs; :func:`onnxport.export` calls it on its staged file.
+
+    ``onnx_sha256`` is the hash of the bytes the report vouches for, when the caller has it
+    (export hashed them while writing); otherwise the file at ``path`` is hashed.
+    """
     from onnxport.inspection import load_header
     from onnxport.publish import data_files
 
     settings = config.validation
     check_tolerances(settings)
     try:
-        check_file(path)
+        with phase("check"):
+            check_file(path)
     except CheckerError:
-        load_header(
-            path
-        )  # a file that is no ONNX model at all is bad input (exit 2), not a failed validation
+        load_header(path)  # a file that is no ONNX model at all is bad input (exit 2), not a failed check
         raise
+    started = time.perf_counter()
     session = open_session(path)
     graph_inputs = session.get_inputs()
     graph_outputs = [meta.name for meta in session.get_outputs()]
@@ -160,9 +166,10 @@ def run_validation(
         ort_latency_ms=results[0].ort_ms,
         first_divergence=divergence,
         # The file's hash ties the report to the exact bytes it vouches for (`onnxport inspect`).
-        run={**run_context(), "onnx_sha256": artifact_sha256(path, data_files(path))},
+        run={**run_context(), "onnx_sha256": onnx_sha256 or artifact_sha256(path, data_files(path))},
     )
     if report.passed:
+        done("validate", started)
         logger.info("%s", report.summary())
         return report
     error_type = NonFiniteError if report.non_finite else ParityError

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from onnxport.config import ExportConfig
 from onnxport.errors import ValidationError
+from onnxport.progress import phase
 
 if TYPE_CHECKING:
     from onnxport.exporters import ExporterRun
@@ -123,7 +124,7 @@ def export(
     """
     from onnxport import publish
     from onnxport.model_state import preserved_state
-    from onnxport.provenance import run_context, weights_sha256
+    from onnxport.provenance import run_context, start_weights_sha256
     from onnxport.report import result_files
     from onnxport.unwrap import unwrap
     from onnxport.validation import check_tolerances
@@ -137,16 +138,19 @@ def export(
 
     written = {path.parent for _, path, _ in publish.json_files(config, output)}  # swept of dead temps too
     with preserved_state(model), publish.staging_dir(output, *written) as staging:
-        inputs = _prepare_inputs(model, example_inputs, config)
-        run, raw = _export(model, inputs, staging, config)
-        layouts = _stage_layouts(raw, output, staging, run, config, weights_sha256(model))
-        validation = _validate(layouts, model, inputs, config, output)
-        sha256 = layouts.sha256()  # from the staged bytes: nothing can swap them after the rename
-        # The checkpoint file's hash differs per clone (Lightning stores its dirpath): report only.
-        context = {**run_context(output.parent), "checkpoint_sha256": checkpoint_sha256}
-        report = {report_path: _report(validation, output, sha256, context)}
-        results = result_files(validation, config.validation)
-        publish.commit(layouts, output, files={**report, **results})  # DVC metrics and plots too
+        with phase("export"):
+            weights = start_weights_sha256(model)  # hashed while torch.onnx exports
+            inputs = _prepare_inputs(model, example_inputs, config)
+            run, raw = _export(model, inputs, staging, config)
+            layouts = _stage_layouts(raw, output, staging, run, config, weights.result())
+        validation = _validate(layouts, model, inputs, config, output)  # phases check, validate
+        with phase("publish"):
+            sha256 = layouts.sha256()  # from the staged bytes: nothing can swap them after the rename
+            # The checkpoint file's hash differs per clone (Lightning stores its dirpath): report only.
+            context = {**run_context(output.parent), "checkpoint_sha256": checkpoint_sha256}
+            report = {report_path: _report(validation, output, sha256, context)}
+            results = result_files(validation, config.validation)
+            publish.commit(layouts, output, files={**report, **results})  # DVC metrics and plots too
     return _result(run, output, sha256, config, validation, report_path, context, started)
 
 
@@ -205,7 +209,7 @@ def _validate(
     if not config.validation.enabled:
         return None
     try:
-        report = run_validation(layouts.checked, model, inputs, config)
+        report = run_validation(layouts.checked, model, inputs, config, onnx_sha256=layouts.sha256())
     except ValidationError as error:
         rejected = publish.keep_rejected(layouts.published, output)
         if error.report is not None:
