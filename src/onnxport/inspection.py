@@ -35,13 +35,18 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     model = load_header(path)
     graph = model.graph
-    initializers = {init.name for init in graph.initializer}
+    initializers = {_text(init.name) for init in graph.initializer}
     external_files = sorted(
-        {entry.value for init in graph.initializer for entry in init.external_data if entry.key == "location"}
+        {
+            _text(entry.value)
+            for init in graph.initializer
+            for entry in init.external_data
+            if _text(entry.key) == "location"
+        }
     )
     beside = [path.parent / name for name in external_files if _plain_name(name)]
     external_bytes = sum(_file_size(data) for data in beside)
-    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    metadata = {_text(prop.key): _text(prop.value) for prop in model.metadata_props}
     provenance = {
         key[len(METADATA_PREFIX) :]: _maybe_json(value)
         for key, value in sorted(metadata.items())
@@ -55,10 +60,10 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
         "external_data_bytes": external_bytes,
         "weights": {"count": len(graph.initializer), "bytes": sum(map(_tensor_bytes, graph.initializer))},
         "ir_version": model.ir_version,
-        "opset": {opset.domain or "ai.onnx": opset.version for opset in model.opset_import},
-        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "opset": {_text(opset.domain) or "ai.onnx": opset.version for opset in model.opset_import},
+        "producer": f"{_text(model.producer_name)} {_text(model.producer_version)}".strip(),
         "model_version": model.model_version,
-        "inputs": [_value_info(v) for v in graph.input if v.name not in initializers],
+        "inputs": [_value_info(v) for v in graph.input if _text(v.name) not in initializers],
         "outputs": [_value_info(v) for v in graph.output],
         "operators": dict(sorted(operators.items(), key=lambda item: (-item[1], item[0]))),
         "nodes": sum(operators.values()),
@@ -175,6 +180,11 @@ def _validation_report(path: Path, provenance: dict[str, Any], data: list[Path])
     return None
 
 
+def _text(value: str | bytes) -> str:
+    """A string field as text: protobuf hands back bytes when a crafted file's field is not UTF-8."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
 def _under(candidate: Path, directory: Path) -> bool:
     """``candidate`` is beside or under ``directory`` once symlinks and ``..`` are resolved."""
     try:
@@ -203,9 +213,10 @@ def _value_info(value: Any) -> dict[str, Any]:
     if tensor.HasField("shape"):
         # A symbolic dim keeps its name (e.g. "batch"); an unknown one shows as "?".
         shape = [
-            dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?") for dim in tensor.shape.dim
+            dim.dim_value if dim.HasField("dim_value") else (_text(dim.dim_param) or "?")
+            for dim in tensor.shape.dim
         ]
-    return {"name": value.name, "dtype": _dtype_name(tensor.elem_type), "shape": shape}
+    return {"name": _text(value.name), "dtype": _dtype_name(tensor.elem_type), "shape": shape}
 
 
 def _dtype_name(elem_type: int) -> str:
@@ -224,8 +235,9 @@ def _tensor_bytes(tensor: Any) -> int:
     import onnx
 
     for entry in tensor.external_data:
-        if entry.key == "length":
-            return int(entry.value) if entry.value.isdigit() else 0
+        if _text(entry.key) == "length":
+            length = _text(entry.value)
+            return int(length) if length.isdigit() else 0
     if tensor.raw_data:
         return len(tensor.raw_data)
     count = 1
@@ -241,7 +253,8 @@ def _tensor_bytes(tensor: Any) -> int:
 def _operators(graph: Any) -> Any:
     """Yield the operator of every node, including nodes in If/Loop/Scan subgraphs."""
     for node in graph.node:
-        yield node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        domain, op_type = _text(node.domain), _text(node.op_type)
+        yield op_type if domain in ("", "ai.onnx") else f"{domain}.{op_type}"
         for attribute in node.attribute:
             if attribute.HasField("g"):
                 yield from _operators(attribute.g)
