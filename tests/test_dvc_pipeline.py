@@ -299,6 +299,11 @@ def test_exp_run_set_opset_17_gives_an_opset_17_model(pipeline: Pipeline):
     assert {"passed", "tolerance_use", "max_abs_diff_e6"} <= set(diff)
     for key, change in diff.items():
         assert all(isinstance(change[side], (int, float)) for side in ("old", "new")), (key, change)
+    # and `dvc plots diff` draws both revisions in both export-stage plots
+    plotted = json.loads(dvc(pipeline.root, "plots", "diff", "HEAD", "--json"))["data"]
+    for name in ("parity", "validation-latency"):
+        rows = plotted[name][0]["content"]["data"]["values"]
+        assert {row["rev"] for row in rows} == {"HEAD", "workspace"}, name
 
 
 def quick_start_snippets() -> tuple[str, str]:
