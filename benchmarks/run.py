@@ -206,6 +206,54 @@ def _median_ms(call: Any, runs: int) -> float:
     return statistics.median(samples)
 
 
+# -- the callback at the end of fit ----------------------------------------------------------
+
+
+def callback_overhead(repeats: int) -> dict[str, float]:
+    """What ``OnnxExportCallback`` adds to the end of ``fit`` against a bare ``to_onnx`` call.
+
+    The reference pipeline's digits CNN, fitted for one short epoch with the callback; its
+    ``on_fit_end`` (load nothing, choose inputs, export, validate, publish) is timed beside
+    ``LightningModule.to_onnx(path, dynamo=True)`` of the same module, alternating, in this process.
+    """
+    import pytorch_lightning as pl
+    import torch
+
+    import onnxport
+    from pipelines.model import DigitsCNN
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    samples: dict[str, list[float]] = {"to_onnx": [], "callback": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        callback = onnxport.OnnxExportCallback(Path(tmp) / "callback.onnx")
+        module = DigitsCNN()
+        trainer = pl.Trainer(
+            max_epochs=1,
+            callbacks=[callback],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+        )
+        trainer.fit(module, loader)  # the first export, in fit, warms every library up
+        module.to_onnx(Path(tmp) / "warmup.onnx", dynamo=True)
+        for repeat in range(repeats):
+            order = ("to_onnx", "callback") if repeat % 2 == 0 else ("callback", "to_onnx")
+            for contender in order:
+                started = time.perf_counter()
+                if contender == "to_onnx":
+                    module.to_onnx(Path(tmp) / "bare.onnx", dynamo=True)
+                else:
+                    callback.on_fit_end(trainer, module)
+                samples[contender].append(time.perf_counter() - started)
+    row = {name: statistics.median(times) for name, times in samples.items()}
+    row["callback_x_to_onnx"] = row["callback"] / row["to_onnx"]
+    return row
+
+
 # -- the run --------------------------------------------------------------------------------
 
 
@@ -234,6 +282,12 @@ def goals(results: dict[str, Any]) -> list[str]:
         for name, row in results["models"].items():
             ratio = row[contender]["wall_x_bare"]
             lines.append(f"{'holds' if ratio <= limit else 'MISSED':>6}  {text}: {name} {ratio:.2f}x")
+    if "callback" in results:
+        ratio = results["callback"]["callback_x_to_onnx"]
+        lines.append(
+            f"{'holds' if ratio <= 1.5 else 'MISSED':>6}  the callback adds <= 1.5x a bare to_onnx to the "
+            f"end of fit: {ratio:.2f}x"
+        )
     for contender, limit in MEMORY_GOALS.items():
         for name in LARGE:
             if name in results["models"]:
@@ -263,6 +317,12 @@ def print_tables(results: dict[str, Any]) -> None:
             for b in LATENCY_BATCHES
         )
         print(f"{name:<12}{cells}")
+    if "callback" in results:
+        row = results["callback"]
+        print(
+            f"\nEnd of fit, digits CNN: OnnxExportCallback {row['callback']:.2f} s, "
+            f"LightningModule.to_onnx {row['to_onnx']:.2f} s ({row['callback_x_to_onnx']:.2f}x)"
+        )
     print("\nGoals (issue 12)")
     for line in goals(results):
         print(line)
@@ -309,10 +369,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}:", flush=True)
         results["models"][name] = run_model(name, repeats[name])
         results["latency"][name] = latency(name, runs=5 if name in LARGE else 20)
+    if any(name in MODELS for name in names):
+        results["callback"] = callback_overhead(args.repeats)
     print_tables(results)
     # Keep the other selection's rows: `make bench` and `make bench BENCH=large` fill one file.
     for key in ("models", "latency"):
         results[key] = {**previous.get(key, {}), **results[key]}
+    if "callback" not in results and "callback" in previous:
+        results["callback"] = previous["callback"]
     results["goals"] = goals(results)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {RESULTS}")

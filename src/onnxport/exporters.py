@@ -109,10 +109,9 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
     failures: list[tuple[str, BaseException]] = []
     for exporter in candidates:
         try:
-            if exporter == "dynamo":
-                _export_dynamo(target, traced, path, config, output_names, axis_names)
-            else:
-                _export_torchscript(target, traced, path, config, output_names, dynamic_axes)
+            axes = axis_names if exporter == "dynamo" else dynamic_axes
+            job = _Job(target, traced, path, config.opset, output_names, axes)
+            _export_dynamo(job) if exporter == "dynamo" else _export_torchscript(job)
             written = _check_file(path, inputs.names, dynamic_axes, config.opset, exporter)
         except OpsetNotProduced as error:
             if exporter == candidates[-1]:
@@ -190,32 +189,37 @@ def _opset_ok(exporter: str, opset: int) -> bool:
     return low <= opset <= high
 
 
-def _export_dynamo(
-    model: Any,
-    inputs: ModelInputs,
-    path: Path,
-    config: ExportConfig,
-    output_names: list[str],
-    dynamic_axes: dict[str, dict[int, str]],
-) -> None:
-    is_program = isinstance(model, torch.export.ExportedProgram)
+@dataclass
+class _Job:
+    """One exporter attempt: what to export, to where, and the graph's names and dynamic axes."""
+
+    model: Any
+    inputs: ModelInputs
+    path: Path
+    opset: int
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+
+
+def _export_dynamo(job: _Job) -> None:
+    is_program = isinstance(job.model, torch.export.ExportedProgram)
     with _quiet():
         program = torch.onnx.export(
-            model,
-            inputs.args,
-            kwargs=inputs.kwargs,
+            job.model,
+            job.inputs.args,
+            kwargs=job.inputs.kwargs,
             dynamo=True,
-            opset_version=config.opset,
-            input_names=inputs.names,
-            output_names=output_names,
-            dynamic_shapes=None if is_program else _dynamic_shapes(model, inputs, dynamic_axes),
+            opset_version=job.opset,
+            input_names=job.inputs.names,
+            output_names=job.output_names,
+            dynamic_shapes=None if is_program else _dynamic_shapes(job.model, job.inputs, job.dynamic_axes),
             optimize=True,
             verbose=False,
         )
         if is_program:
-            program.rename_axes(_symbol_names(program.model.graph.inputs, dynamic_axes))
+            program.rename_axes(_symbol_names(program.model.graph.inputs, job.dynamic_axes))
         # weights stream to raw.onnx.data; publish decides the final layout without a copy in memory
-        program.save(str(path), external_data=True)
+        program.save(str(job.path), external_data=True)
 
 
 def _symbol_names(graph_inputs: Any, dynamic_axes: dict[str, dict[int, str]]) -> dict[str, str]:
@@ -230,14 +234,8 @@ def _symbol_names(graph_inputs: Any, dynamic_axes: dict[str, dict[int, str]]) ->
     return mapping
 
 
-def _export_torchscript(
-    model: Any,
-    inputs: ModelInputs,
-    path: Path,
-    config: ExportConfig,
-    output_names: list[str],
-    dynamic_axes: dict[str, dict[int, str]],
-) -> None:
+def _export_torchscript(job: _Job) -> None:
+    inputs = job.inputs
     # TorchScript reads a trailing dict argument as keyword arguments; binding
     # everything positionally, plus an empty trailing dict, keeps dicts as values.
     args = (*inputs.args, *inputs.kwargs.values())
@@ -245,14 +243,14 @@ def _export_torchscript(
         args = (*args, {})
     with _quiet():
         torch.onnx.export(
-            model,
+            job.model,
             args,
-            str(path),
+            str(job.path),
             dynamo=False,
-            opset_version=config.opset,
+            opset_version=job.opset,
             input_names=inputs.names,
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
+            output_names=job.output_names,
+            dynamic_axes=job.dynamic_axes,
             do_constant_folding=True,
         )
 
