@@ -356,9 +356,18 @@ def test_quick_start_adds_the_stage_to_an_existing_project(tmp_path: Path):
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "add the onnxport export stage")
 
+    before = {path.name for path in project.iterdir()}
     assert ran_stages(dvc(project, "exp", "run")) == ["export"]
     assert opset_and_version(project / "models" / "model.onnx")[0] == 18
     assert (project / "metrics" / "validation.json").is_file()
+    # Nothing left behind by Hydra (no logs/ run dir, no .hydra/): only the stage's outs and DVC's files.
+    assert {path.name for path in project.iterdir()} - before <= {
+        "models",
+        "metrics",
+        "plots",
+        "params.yaml",
+        "dvc.lock",
+    }
     assert ran_stages(dvc(project, "repro")) == []
     dvc(project, "plots", "show", "-o", str(tmp_path / "quick_plots"))
     html = (tmp_path / "quick_plots" / "index.html").read_text()
