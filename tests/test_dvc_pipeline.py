@@ -12,11 +12,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import yaml
 
@@ -30,7 +30,6 @@ BIN = Path(sys.executable).parent  # the venv's dvc and onnxport
 class Pipeline:
     root: Path
     first_repro: str
-    first_repro_seconds: float
 
 
 def run(args: list[str], cwd: Path) -> str:
@@ -101,20 +100,20 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     root = tmp_path_factory.mktemp("dvc") / "repo"
     copy_checkout(root)
 
-    start = time.perf_counter()
-    output = dvc(root, "repro")
-    seconds = time.perf_counter() - start
+    output = dvc(root, "repro")  # how long it takes is for benchmarks, not for a test to assert
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "dvc repro")
-    return Pipeline(root, output, seconds)
+    return Pipeline(root, output)
 
 
 def test_first_repro_runs_every_stage_and_writes_model_and_metrics(pipeline: Pipeline):
     assert ran_stages(pipeline.first_repro) == ["prepare", "train", "export", "evaluate"]
-    assert pipeline.first_repro_seconds < 120
     root = pipeline.root
-    assert (root / "models" / "model.onnx").is_file()
-    assert (root / "checkpoints" / "best.onnx").is_file()  # OnnxExportCallback in the train stage
+    stage_model = onnx.load(str(root / "models" / "model.onnx"))
+    callback_model = onnx.load(str(root / "checkpoints" / "best.onnx"))  # OnnxExportCallback in train
+    for graph in ("input", "output"):  # one export config (callbacks.onnx_export.config: ${export})
+        names = [[value.name for value in getattr(m.graph, graph)] for m in (stage_model, callback_model)]
+        assert names[0] == names[1], graph
     assert json.loads((root / "metrics" / "validation.json").read_text())["passed"] in (True, 1)
     accuracy = json.loads((root / "metrics" / "accuracy.json").read_text())
     assert accuracy["onnx_accuracy"] > 0.9
@@ -299,6 +298,11 @@ def test_exp_run_set_opset_17_gives_an_opset_17_model(pipeline: Pipeline):
     assert {"passed", "tolerance_use", "max_abs_diff_e6"} <= set(diff)
     for key, change in diff.items():
         assert all(isinstance(change[side], (int, float)) for side in ("old", "new")), (key, change)
+    # and `dvc plots diff` draws both revisions in both export-stage plots
+    plotted = json.loads(dvc(pipeline.root, "plots", "diff", "HEAD", "--json"))["data"]
+    for name in ("parity", "validation-latency"):
+        rows = plotted[name][0]["content"]["data"]["values"]
+        assert {row["rev"] for row in rows} == {"HEAD", "workspace"}, name
 
 
 def quick_start_snippets() -> tuple[str, str]:
@@ -351,9 +355,18 @@ def test_quick_start_adds_the_stage_to_an_existing_project(tmp_path: Path):
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "add the onnxport export stage")
 
+    before = {path.name for path in project.iterdir()}
     assert ran_stages(dvc(project, "exp", "run")) == ["export"]
     assert opset_and_version(project / "models" / "model.onnx")[0] == 18
     assert (project / "metrics" / "validation.json").is_file()
+    # Nothing left behind by Hydra (no logs/ run dir, no .hydra/): only the stage's outs and DVC's files.
+    assert {path.name for path in project.iterdir()} - before <= {
+        "models",
+        "metrics",
+        "plots",
+        "params.yaml",
+        "dvc.lock",
+    }
     assert ran_stages(dvc(project, "repro")) == []
     dvc(project, "plots", "show", "-o", str(tmp_path / "quick_plots"))
     html = (tmp_path / "quick_plots" / "index.html").read_text()

@@ -227,7 +227,7 @@ def test_evaluate_scores_onnx_runtime_beside_pytorch(trained, evaluated):
     assert written["onnx_accuracy"] > 0.8  # two epochs on digits is plenty for a CNN
     assert written["prediction_agreement"] == 1.0
     assert abs(written["onnx_accuracy"] - written["torch_accuracy"]) < 1e-9
-    assert written["max_abs_logit_diff"] < 1e-3
+    assert written["max_abs_logit_diff_e6"] < 1e3
 
 
 def test_evaluate_plots_latency_per_batch_size(trained, evaluated):

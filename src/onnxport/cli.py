@@ -59,17 +59,19 @@ FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 
 EXIT_CODES = """\
 exit codes: 0 ok, 1 validation failed (nothing published), 2 bad config or input,
-            3 unexpected internal error (HYDRA_FULL_ERROR=1 shows the traceback)
+            3 unexpected internal error (HYDRA_FULL_ERROR=1 shows the traceback), 130 interrupted
 """
 
 USAGE = f"""\
 usage: onnxport export [--config-dir DIR] [--config-name NAME] [hydra flags] [overrides ...]
        onnxport inspect FILE [--json]
        onnxport validate FILE [--checkpoint PATH] [--config-dir DIR] [--report PATH] [overrides ...]
+       onnxport triton FILE --repo DIR [--name NAME] [--version N] [--card] [--metrics JSON]
 
 export    export a checkpoint to a validated ONNX file (a Hydra app; see `onnxport export --help`)
 inspect   show an ONNX file's signature, opset, sizes, operators and provenance (no torch)
 validate  re-validate an ONNX file against a checkpoint and write the JSON report
+triton    lay the file out as a Triton model repository (config.pbtxt), with a model card on request
 
 {EXIT_CODES}"""
 
