@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import onnxport
 from conftest import DictOutput, TinyMLP, TokenClassifier, TwoInputs
 from onnxport.config import ExportConfig, InputSpec
 from onnxport.errors import ConfigError, InputError
@@ -344,3 +345,14 @@ def test_cli_export_inputs_win_over_example_input_array(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--config-dir", "conf"]) == 0
     assert onnx_input_names(tmp_path / "model.onnx") == ["x", "scale"]
+
+
+def test_meta_tensors_are_input_errors_not_crashes(tmp_path):
+    model = nn.Linear(4, 2)
+    with pytest.raises(InputError, match="example input of shape \\[2, 4\\] is on the meta device"):
+        onnxport.export(model, torch.empty(2, 4, device="meta"), tmp_path / "meta.onnx")
+    with torch.device("meta"):
+        unmaterialised = nn.Linear(4, 2)
+    with pytest.raises(InputError, match="weights are on the meta device"):
+        onnxport.export(unmaterialised, torch.randn(2, 4), tmp_path / "meta.onnx")
+    assert not (tmp_path / "meta.onnx").exists()

@@ -127,9 +127,9 @@ class ExportConfig:
     output_names: Optional[list[str]] = None
     """Graph output names. ``None``: derived from the output structure (``output``, ``logits``, ...)."""
     inputs: list[InputSpec] = field(default_factory=list)
-    """Input spec, used when no example inputs are given (see ``InputSpec``)."""
+    """Input spec: beats ``example_input_array``, yields to example inputs passed in (``InputSpec``)."""
     external_data: str = "auto"
-    """``auto`` (external ``<name>.onnx.data`` only over 2 GB), ``always`` or ``never``."""
+    """``auto`` (weights in ``<name>.onnx.<sha12>.data`` only over 2 GB), ``always`` or ``never``."""
     model_version: int = 0
     """Written to the ONNX ``model_version`` field."""
     metadata: dict[str, str] = field(default_factory=dict)
