@@ -22,6 +22,7 @@ from onnxport.config import ExportConfig
 from onnxport.errors import (
     ConfigError,
     ExportError,
+    InputError,
     OnnxportError,
     OpsetNotProduced,
     UnsupportedOperatorError,
@@ -87,6 +88,11 @@ def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: Expo
 
 
 def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> ExporterRun:
+    if isinstance(model, torch.nn.Module) and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise InputError(
+            "the model's weights are on the meta device: they hold no values to export",
+            fix="materialise the model first (load its weights, e.g. load_state_dict(state, assign=True))",
+        )
     candidates, forced_reason = _candidates(model, config)
     outputs = flatten_outputs(probe(model, inputs))
     if not outputs:

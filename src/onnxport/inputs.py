@@ -284,16 +284,10 @@ def _move(tree: Any, device: torch.device, dtype: torch.dtype) -> Any:
     import torch
     from torch.utils._pytree import tree_map
 
-    if device.type == "meta":
-        raise InputError(
-            "the model's weights are on the meta device: they hold no values to export",
-            fix="materialise the model first (load its weights, e.g. load_state_dict(state, assign=True))",
-        )
-
     def move(leaf: Any) -> Any:
         if not isinstance(leaf, torch.Tensor):
             return leaf
-        if leaf.is_meta:
+        if leaf.is_meta and device.type != "meta":
             raise InputError(
                 f"an example input of shape {list(leaf.shape)} is on the meta device: it holds no values",
                 fix="pass real tensors (e.g. torch.zeros of that shape) as example inputs",
