@@ -179,11 +179,14 @@ def template_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PROJECT_ROOT", str(project))
     yield project
     _forget_template_modules()
-    _forget_hydra_state()
 
 
-def _forget_hydra_state() -> None:
-    """compose_template sets HydraConfig as a Hydra run does; later tests must not inherit it."""
+@pytest.fixture(autouse=True)
+def _no_hydra_state_between_tests():
+    """Hydra's singletons (a HydraConfig set as a Hydra run sets it, e.g. by ``compose_template``, or
+    an initialised GlobalHydra) would make later tests resolve ``${hydra:...}`` and re-apply stale
+    command-line overrides: each test starts without them."""
+    yield
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
