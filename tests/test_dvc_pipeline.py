@@ -186,15 +186,6 @@ def test_plots_show_renders_parity_and_latency(pipeline: Pipeline, tmp_path: Pat
     }
 
 
-def test_forced_export_rerun_writes_the_same_md5(pipeline: Pipeline):
-    before = locked_md5(pipeline.root, "models/model.onnx")
-    output = dvc(pipeline.root, "repro", "--force", "--single-item", "export")
-    assert ran_stages(output) == ["export"]
-    assert locked_md5(pipeline.root, "models/model.onnx") == before
-    assert ran_stages(dvc(pipeline.root, "repro")) == []  # evaluate sees the same model: nothing to do
-    git(pipeline.root, "commit", "-q", "-am", "forced export")
-
-
 def test_push_then_pull_into_a_fresh_clone_brings_the_same_model(pipeline: Pipeline, tmp_path: Path):
     root = pipeline.root
     dvc(root, "remote", "add", "--default", "store", str(tmp_path / "remote"))
