@@ -19,11 +19,14 @@ run: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pipelines.summary
 
+# Both cores: one test module per worker (loadscope keeps a module's ordered DVC tests together).
+PYTEST_WORKERS ?= -n 2 --dist loadscope
+
 test: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_WORKERS)
 
 test-fast: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_WORKERS) -m "not slow"
 
 # BENCH=large adds the 2.3 GB MLP (minutes, ~8 GB of memory); BENCH=all runs every model.
 BENCH ?= default
