@@ -172,12 +172,12 @@ def read_command_config(cfg: DictConfig, *, overrides: Mapping[str, Any] | None 
     export = data.pop("export", None)
     command = build(CommandConfig, data)
     command.export = ExportConfig.from_dict(export)
-    if command.model is not None and not isinstance(command.model, (str, Mapping)):
-        raise ConfigError(
-            f"model={command.model!r} is neither a _target_ mapping nor a class path",
-            fix="set model._target_ to your nn.Module class, or model to a LightningModule class path",
-        )
-    return command
+    if command.model is None or isinstance(command.model, (str, Mapping)):
+        return command
+    raise ConfigError(
+        f"model={command.model!r} is neither a _target_ mapping nor a class path",
+        fix="set model._target_ to your nn.Module class, or model to a LightningModule class path",
+    )
 
 
 def _resolved(cfg: DictConfig, key: str) -> Any:

@@ -36,6 +36,7 @@ tolerances, and publishing is unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -251,19 +252,14 @@ def _result(
     result = ExportResult(
         path=output,
         sha256=sha256,
-        exporter=run.exporter,
-        fallback_reason=run.fallback_reason,
-        input_names=run.input_names,
-        output_names=run.output_names,
         config=config,
         validation=validation,
         report_path=report_path,
         run_context=context,
         seconds=time.perf_counter() - started,
         size_bytes=sum(path.stat().st_size for path in [output, *data]),
-        dynamic_axes=run.dynamic_axes,
-        external_data=run.external_data,
         data_path=data[0] if data else None,
+        **dataclasses.asdict(run),  # what the exporter did: exporter, fallback reason, names, axes
     )
     logger.info("exported %s with %s in %.1fs (sha256 %s)", output, run.exporter, result.seconds, sha256)
     return result
