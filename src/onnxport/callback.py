@@ -248,15 +248,6 @@ class OnnxExportCallback(Callback):
         from onnxport.model_state import preserved_state
         from onnxport.workflow import export
 
-        # Made when the file is written, as ModelCheckpoint makes its dirpath: the default log_dir
-        # does not exist yet when nothing else wrote there (no logger, no checkpoints).
-        try:
-            self._output_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(
-                f"output directory {self._output_path.parent} cannot be created: {exc.strerror}",
-                fix="pass output= a path in a writable directory",
-            ) from exc
         with _progress_through_rank_zero_info():
             model, checkpoint_sha256 = pl_module, None
             if self.ckpt_path is not None:

@@ -173,13 +173,7 @@ def export_from_config(cfg: DictConfig) -> ExportResult:
     ``export`` (the :class:`~onnxport.config.ExportConfig` fields); nothing else in ``cfg`` is
     read or resolved. Everything that can be checked without torch is checked first.
     """
-    from onnxport.hydra_config import (
-        check_model,
-        check_paths,
-        make_parent,
-        model_from_config,
-        read_command_config,
-    )
+    from onnxport.hydra_config import check_model, check_paths, model_from_config, read_command_config
 
     command = read_command_config(cfg)
     check_paths(command)
@@ -190,13 +184,6 @@ def export_from_config(cfg: DictConfig) -> ExportResult:
 
     with phase("load"):
         model = model_from_config(command)
-    # A DVC stage's outs live in directories a fresh clone does not have yet.
-    for key, path in (
-        ("output", command.output),
-        ("export.validation.report", command.export.validation.report),
-    ):
-        if path:
-            make_parent(key, path)
     return onnxport.export(
         model, None, command.output, config=command.export, checkpoint_sha256=file_sha256(command.checkpoint)
     )
@@ -434,10 +421,10 @@ def _validate_command(args: list[str]) -> int:
         check_paths,
         check_writable_path,
         compose,
-        make_parent,
         model_from_config,
         read_command_config,
     )
+    from onnxport.publish import make_directory
     from onnxport.report import revalidation_report_path
 
     parser = argparse.ArgumentParser(
@@ -471,7 +458,7 @@ def _validate_command(args: list[str]) -> int:
     # rewriting it would make `dvc repro` run the stage again.
     report_path = Path(options.report or revalidation_report_path(options.file))
     check_writable_path("--report", report_path)
-    make_parent("--report", report_path)
+    make_directory("--report", report_path.parent)
 
     import onnxport
     from onnxport.errors import ValidationError

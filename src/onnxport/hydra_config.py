@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from onnxport.classpath import resolve_class
 from onnxport.config import ExportConfig, build
-from onnxport.errors import CheckpointError, ConfigError, InputError
+from onnxport.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -240,15 +240,9 @@ def check_paths(command: CommandConfig, *, need_output: bool = True) -> None:
         raise ConfigError(
             "checkpoint is not set", fix="set checkpoint=... in the config or on the command line"
         )
-    checkpoint = Path(command.checkpoint)
-    if checkpoint.is_dir():
-        raise CheckpointError(
-            f"checkpoint {checkpoint} is a directory", fix="set checkpoint to the checkpoint file"
-        )
-    if not checkpoint.is_file():
-        raise CheckpointError(
-            f"checkpoint {checkpoint} does not exist", fix="check the path (relative paths start at the cwd)"
-        )
+    from onnxport.load import existing_checkpoint  # standard library only at import
+
+    existing_checkpoint(command.checkpoint)
     if not need_output:
         return
     if not command.output:
@@ -274,17 +268,6 @@ def check_writable_path(key: str, path: str | os.PathLike[str]) -> None:
                     fix=f"set {key} to a path in a writable directory",
                 )
             return
-
-
-def make_parent(key: str, path: str | os.PathLike[str]) -> None:
-    """Create the directory of ``path`` (a DVC stage's outs live where a fresh clone has none)."""
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(
-            f"{key}={str(path)!r}: its directory cannot be created ({error.strerror}: {error.filename})",
-            fix=f"set {key} to a path in a writable directory",
-        ) from error
 
 
 # -- building the model -------------------------------------------------------------------

@@ -94,7 +94,7 @@ def load_model(
             f"source must be a path to a checkpoint or a model, got {type(source).__name__}",
             fix="pass the path of a .ckpt, .pt, .pth, .bin or .pt2 file",
         )
-    path = _existing_file(Path(source))
+    path = existing_checkpoint(Path(source))
 
     kind = _archive_kind(path)
     if kind == "torchscript":
@@ -164,7 +164,7 @@ def read_state_dict(
     """
     check_trust_flag(trust_checkpoint)
     if "://" not in os.fspath(source):
-        source = _existing_file(Path(source))
+        source = existing_checkpoint(Path(source))
     checkpoint, _ = _read(source, trust_checkpoint=trust_checkpoint, map_location=map_location)
     if isinstance(checkpoint, Placeholder):
         return _pickled_module_weights(checkpoint, source)
@@ -206,7 +206,12 @@ def check_trust_flag(trust_checkpoint: Any) -> None:
         )
 
 
-def _existing_file(path: Path) -> Path:
+def existing_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path when it is a checkpoint file; a one-line CheckpointError otherwise.
+
+    Standard library only: the CLI calls it before torch is imported.
+    """
+    path = Path(path)
     if path.is_dir():
         raise CheckpointError(
             f"checkpoint {path} is a directory, not a file",

@@ -70,7 +70,7 @@ def check_output(output: str | os.PathLike) -> Path:
     if path.is_dir():
         raise InputError(f"output {str(output)!r} is a directory", fix="give a file path such as model.onnx")
     directory = path.parent
-    _make_directory("output", directory)
+    make_directory("output", directory)
     if not os.access(directory, os.W_OK | os.X_OK):
         raise InputError(
             f"output directory {str(directory)!r} is not writable",
@@ -79,7 +79,7 @@ def check_output(output: str | os.PathLike) -> Path:
     return path
 
 
-def _make_directory(key: str, directory: Path) -> None:
+def make_directory(key: str, directory: Path) -> None:
     """Create ``directory`` as the CLI and the callback do: one behaviour in every door."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def check_report(config: ExportConfig, output: Path) -> Path:
                 fix=f"set {key} to another file, e.g. {output.with_name(output.stem + '.validation.json')}",
             )
         check_report_target(target, key, plot=plot)
-        _make_directory(key, target.parent)
+        make_directory(key, target.parent)
         if not os.access(target.parent, os.W_OK | os.X_OK):
             raise InputError(
                 f"{key}={str(target)!r} is in a directory that is not writable",
