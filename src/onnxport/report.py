@@ -118,6 +118,10 @@ class CaseResult:
         return [f"{o.name} at {self.label} {o.problem()}" for o in self.outputs if not o.passed]
 
 
+WORST_FIELDS = ("max_abs_diff", "max_rel_diff", "mismatch_pct", "tolerance_use")
+"""The per-output numbers the full report sums up as their worst case."""
+
+
 @dataclass
 class ValidationReport:
     """The result of :func:`onnxport.validate`: every case of the shape matrix, latency and tolerances."""
@@ -165,19 +169,21 @@ class ValidationReport:
         where = f"; first diverging operator: {self.first_divergence}" if self.first_divergence else ""
         return f"{len(failed)} of {len(self.cases)} validation cases failed: {shown}{more}{where}"
 
+    def worst(self, field: str, output: Optional[str] = None) -> float:
+        """The largest ``field`` (``max_abs_diff``, ``tolerance_use``, ...) over every case, of
+        every output or of the one named; 0.0 when nothing was compared."""
+        checks = (o for case in self.cases for o in case.outputs if output in (None, o.name))
+        return max((getattr(o, field) for o in checks), default=0.0)
+
     # -- for machines -----------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """Flat numeric metrics (``passed`` is 0/1) plus the ``run`` context in its own section."""
-        checks = [output for case in self.cases for output in case.outputs]
         metrics: dict[str, Any] = {
             "passed": int(self.passed),
             "cases": len(self.cases),
             "failed_cases": len(self.failed_cases),
-            "max_abs_diff": max((o.max_abs_diff for o in checks), default=0.0),
-            "max_rel_diff": max((o.max_rel_diff for o in checks), default=0.0),
-            "mismatch_pct": max((o.mismatch_pct for o in checks), default=0.0),
-            "tolerance_use": max((o.tolerance_use for o in checks), default=0.0),
+            **{field: self.worst(field) for field in WORST_FIELDS},
         }
         if self.torch_latency_ms is not None:
             metrics["torch_latency_ms"] = self.torch_latency_ms
@@ -203,17 +209,16 @@ class ValidationReport:
         one to watch; with several outputs each has its own under ``tolerance_use_by_output``.
         Latency (noise between runs) and run context stay out: see :meth:`plots` and :meth:`to_dict`.
         """
-        checks = [output for case in self.cases for output in case.outputs]
         metrics: dict[str, Any] = {
             "passed": int(self.passed),
-            "tolerance_use": _readable(max((o.tolerance_use for o in checks), default=0.0)),
-            "max_abs_diff_e6": _readable(1e6 * max((o.max_abs_diff for o in checks), default=0.0)),
-            "max_rel_diff_ppm": _readable(1e6 * max((o.max_rel_diff for o in checks), default=0.0)),
+            "tolerance_use": _readable(self.worst("tolerance_use")),
+            "max_abs_diff_e6": _readable(1e6 * self.worst("max_abs_diff")),
+            "max_rel_diff_ppm": _readable(1e6 * self.worst("max_rel_diff")),
         }
-        names = list(dict.fromkeys(o.name for o in checks))
+        names = list(dict.fromkeys(o.name for case in self.cases for o in case.outputs))
         if len(names) > 1:
             metrics["tolerance_use_by_output"] = {
-                name: _readable(max(o.tolerance_use for o in checks if o.name == name)) for name in names
+                name: _readable(self.worst("tolerance_use", name)) for name in names
             }
         return metrics
 
