@@ -217,3 +217,24 @@ def compose_template(project: Path, overrides: list[str] | tuple[str, ...] = ())
         cfg.extras.enforce_tags = False
     HydraConfig().set_config(cfg)
     return cfg
+
+
+def train_template(project: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """A copy of ``tests/template/`` at ``project`` after one CPU epoch of its own ``train()``.
+
+    Returns the template's ``object_dict`` (``trainer``, ``model``, ...). The working directory,
+    ``sys.path`` and ``PROJECT_ROOT`` are set for the training only, as ``template_project`` sets them.
+    """
+    import shutil
+
+    shutil.copytree(TEMPLATE_DIR, project, ignore=shutil.ignore_patterns("__pycache__"))
+    with pytest.MonkeyPatch.context() as patch:
+        _forget_template_modules()
+        patch.chdir(project)
+        patch.syspath_prepend(str(project))
+        patch.setenv("PROJECT_ROOT", str(project))
+        from src.train import train
+
+        _, objects = train(compose_template(project, ["test=False", *overrides]))
+        _forget_template_modules()
+    return objects

@@ -20,6 +20,8 @@ import onnx
 import pytest
 import yaml
 
+from conftest import train_template
+
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -306,28 +308,11 @@ def quick_start_snippets() -> tuple[str, str]:
     return conf, stage
 
 
-def train_template_project(project: Path) -> Path:
-    """One CPU epoch of the template project's own ``train()``; returns ``checkpoints/last.ckpt``."""
-    from conftest import TEMPLATE_DIR, _forget_template_modules, compose_template
-
-    shutil.copytree(TEMPLATE_DIR, project, ignore=shutil.ignore_patterns("__pycache__"))
-    with pytest.MonkeyPatch.context() as patch:
-        _forget_template_modules()
-        patch.chdir(project)
-        patch.syspath_prepend(str(project))
-        patch.setenv("PROJECT_ROOT", str(project))
-        from src.train import train
-
-        overrides = ["test=False", f"callbacks.model_checkpoint.dirpath={project}/checkpoints"]
-        train(compose_template(project, overrides))
-        _forget_template_modules()
-    return project / "checkpoints" / "last.ckpt"
-
-
 def test_quick_start_adds_the_stage_to_an_existing_project(tmp_path: Path):
     # A lightning-hydra-template-shaped project (tests/template/, on digits) after its own training.
     project = tmp_path / "project"
-    assert train_template_project(project).is_file()
+    train_template(project, [f"callbacks.model_checkpoint.dirpath={project}/checkpoints"])
+    assert (project / "checkpoints" / "last.ckpt").is_file()
     with (project / ".gitignore").open("a") as ignore:
         ignore.write("/checkpoints/\n*.rejected.*\n")
     git(project, "init", "-q", "-b", "main")

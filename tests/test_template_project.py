@@ -4,7 +4,6 @@ and its checkpoints export with no trust flag through the CLI's work function an
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_template, run_onnx
+from conftest import compose_template, run_onnx, train_template
 
 ONNXPORT = str(Path(sys.executable).with_name("onnxport"))
 # The template's module has no example_input_array: a user names the input (forward's `x`).
@@ -34,19 +33,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
     Trained once per module; the tests run the CLI on it or load ``src`` from it themselves.
     """
-    from conftest import TEMPLATE_DIR, _forget_template_modules
-
     project = tmp_path_factory.mktemp("template") / "project"
-    shutil.copytree(TEMPLATE_DIR, project, ignore=shutil.ignore_patterns("__pycache__"))
-    with pytest.MonkeyPatch.context() as patch:
-        _forget_template_modules()
-        patch.chdir(project)
-        patch.syspath_prepend(str(project))
-        patch.setenv("PROJECT_ROOT", str(project))
-        from src.train import train
-
-        _, objects = train(compose_template(project, ["test=False"]))
-        _forget_template_modules()
+    objects = train_template(project)
     return project, Path(objects["trainer"].checkpoint_callback.best_model_path)
 
 
