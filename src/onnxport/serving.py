@@ -71,7 +71,9 @@ class TritonLayout:
 
 def signature(path: str | os.PathLike[str]) -> tuple[list[TensorSignature], list[TensorSignature]]:
     """The graph's inputs (initializers left out) and outputs, from the header alone."""
-    model = _load_header(Path(path))
+    from onnxport.inspection import load_header
+
+    model = load_header(Path(path))
     initializers = {init.name for init in model.graph.initializer}
 
     def describe(value: Any) -> TensorSignature:
@@ -259,21 +261,6 @@ def triton_command(args: list[str]) -> int:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _load_header(path: Path) -> Any:
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    if not path.is_file():
-        raise InputError(f"{path} is not a file", fix="pass the path of an .onnx file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError) as error:
-        raise InputError(f"{path} is not an ONNX model ({error})", fix="pass an .onnx file") from error
-    if not model.HasField("graph") or not model.opset_import:
-        raise InputError(f"{path} is not an ONNX model (no graph in it)", fix="pass an .onnx file")
-    return model
-
-
 def _tensor_entry(tensor: TensorSignature, batched: bool) -> str:
     dtype = _TRITON_TYPES.get(tensor.elem_type)
     if dtype is None:
@@ -296,20 +283,17 @@ def _quote(text: str) -> str:
 
 
 def _external_files(path: Path) -> list[str]:
-    model = _load_header(path)
-    names = {
-        entry.value
-        for init in model.graph.initializer
-        for entry in init.external_data
-        if entry.key == "location"
-    }
-    for name in names:
-        if Path(name).is_absolute() or ".." in Path(name).parts or not (path.parent / name).is_file():
+    """Names of the data files the header references, each of which must sit beside it."""
+    from onnxport.publish import data_files
+
+    files = data_files(path)
+    for file in files:
+        if not file.is_file():
             raise InputError(
-                f"{path} refers to external data {name!r}, which is not a file beside it",
+                f"{path} refers to external data {file.name!r}, which is not a file beside it",
                 fix="keep the .onnx file and its data file together",
             )
-    return sorted(names)
+    return sorted(file.name for file in files)
 
 
 def _copy(source: Path, target: Path) -> Path:
