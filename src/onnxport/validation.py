@@ -116,11 +116,13 @@ def run_validation(
     *,
     samples: Optional[Sequence[Any]] = None,
     onnx_sha256: Optional[str] = None,
+    published_as: Optional[Path] = None,
 ) -> ValidationReport:
     """:func:`validate` on prepared inputs; :func:`onnxport.export` calls it on its staged file.
 
     ``onnx_sha256`` is the hash of the bytes the report vouches for, when the caller has it
-    (export hashed them while writing); otherwise the file at ``path`` is hashed.
+    (export hashed them while writing); otherwise the file at ``path`` is hashed. ``published_as``
+    is the path the report names when ``path`` is a staged copy (export's output).
     """
     from onnxport.inspection import load_header
     from onnxport.publish import data_files
@@ -153,7 +155,7 @@ def run_validation(
         divergence = _localize(path, model, cases, results, settings) if settings.localize else None
 
     report = ValidationReport(
-        onnx_path=str(path),
+        onnx_path=str(published_as or path),
         cases=results,
         atol=settings.atol,
         rtol=settings.rtol,

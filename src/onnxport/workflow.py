@@ -149,7 +149,7 @@ def export(
             sha256 = layouts.sha256()  # from the staged bytes: nothing can swap them after the rename
             # The checkpoint file's hash differs per clone (Lightning stores its dirpath): report only.
             context = {**run_context(output.parent), "checkpoint_sha256": checkpoint_sha256}
-            report = {report_path: _report(validation, output, sha256, context)}
+            report = {report_path: _report(validation, sha256, context)}
             results = result_files(validation, config.validation)
             publish.commit(layouts, output, files={**report, **results})  # DVC metrics and plots too
     return _result(run, output, sha256, config, validation, report_path, context, started)
@@ -210,7 +210,9 @@ def _validate(
     if not config.validation.enabled:
         return None
     try:
-        report = run_validation(layouts.checked, model, inputs, config, onnx_sha256=layouts.sha256())
+        report = run_validation(
+            layouts.checked, model, inputs, config, onnx_sha256=layouts.sha256(), published_as=output
+        )
     except ValidationError as error:
         rejected = publish.keep_rejected(layouts.published, output)
         if error.report is not None:
@@ -224,14 +226,11 @@ def _validate(
     return report
 
 
-def _report(
-    validation: ValidationReport | None, output: Path, sha256: str, context: dict[str, Any]
-) -> dict[str, Any]:
+def _report(validation: ValidationReport | None, sha256: str, context: dict[str, Any]) -> dict[str, Any]:
     """The report's content; with validation disabled, a report that says so (no stale "passed")."""
     run = {**context, "onnx_sha256": sha256}
     if validation is None:
         return {"passed": 0, "validated": 0, "reason": "export.validation.enabled=false", "run": run}
-    validation.onnx_path = str(output)
     validation.run = {**validation.run, **run}
     return validation.to_dict()
 
