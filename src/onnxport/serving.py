@@ -283,17 +283,23 @@ def _quote(text: str) -> str:
 
 
 def _external_files(path: Path) -> list[str]:
-    """Names of the data files the header references, each of which must sit beside it."""
-    from onnxport.publish import data_files
+    """Names of the data files the header references; each must be a plain file beside it."""
+    from onnxport.inspection import load_header
 
-    files = data_files(path)
-    for file in files:
-        if not file.is_file():
+    model = load_header(path)
+    names = {
+        entry.value
+        for init in model.graph.initializer
+        for entry in init.external_data
+        if entry.key == "location"
+    }
+    for name in names:
+        if Path(name).is_absolute() or ".." in Path(name).parts or not (path.parent / name).is_file():
             raise InputError(
-                f"{path} refers to external data {file.name!r}, which is not a file beside it",
+                f"{path} refers to external data {name!r}, which is not a file beside it",
                 fix="keep the .onnx file and its data file together",
             )
-    return sorted(file.name for file in files)
+    return sorted(names)
 
 
 def _copy(source: Path, target: Path) -> Path:
