@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -34,6 +35,11 @@ EXPORTERS = ("auto", "dynamo", "torchscript")
 OPSET_RANGES = {"dynamo": (7, 23), "torchscript": (7, 20)}
 EXTERNAL_DATA_MODES = ("auto", "always", "never")
 MISMATCH_POLICIES = ("fail", "warn")
+VARIANT_MISMATCH_POLICIES = ("fail", "skip", "warn")
+OPTIMIZERS = ("none", "ort", "slim")
+PRECISIONS = ("fp32", "fp16", "int8")
+QUANTIZATIONS = ("dynamic", "static")
+CALIBRATION_SPLITS = ("train", "val", "test")
 DTYPES = (
     "float32",
     "float16",
@@ -109,6 +115,78 @@ class ValidationConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Where static int8 quantization reads its calibration batches: the user's data, never random."""
+
+    batches: int = 8
+    """How many batches to calibrate on (the first ones of the loader, or of the ``.npz``)."""
+    split: str = "val"
+    """The datamodule's loader to read: ``train``, ``val`` or ``test`` (the callback's trainer
+    datamodule, or the one ``datamodule`` builds)."""
+    datamodule: Optional[dict[str, Any]] = None
+    """CLI/DVC stage: a Hydra config with ``_target_`` that builds a LightningDataModule
+    (e.g. ``${data}``); ``setup("fit")`` runs, then its ``<split>_dataloader()`` is read."""
+    npz: Optional[str] = None
+    """CLI/DVC stage: an ``.npz`` of arrays named like the graph inputs, samples on axis 0."""
+    generated: bool = False
+    """Calibrate on generated validation inputs when no data is given (not representative:
+    off by default, and static int8 without data is refused)."""
+
+
+@dataclass
+class VariantTolerance:
+    """A variant's acceptance criteria for one output; ``None`` keeps the variant's value."""
+
+    atol: Optional[float] = None
+    """Absolute tolerance against the fp32 PyTorch model."""
+    rtol: Optional[float] = None
+    """Relative tolerance against the fp32 PyTorch model."""
+    min_cosine: Optional[float] = None
+    """Smallest cosine similarity of the variant's output with PyTorch's, per case (int8)."""
+    min_top1: Optional[float] = None
+    """Smallest share of rows whose arg-max agrees with PyTorch's, for class-score outputs (int8)."""
+
+
+@dataclass
+class VariantConfig:
+    """One more file from the same run: the fp32 export optimised and/or reduced in precision,
+    published as ``<stem>.<name>.onnx`` only after it is validated against the PyTorch model."""
+
+    name: str = ""
+    """File name part: ``model.onnx`` gets ``model.<name>.onnx`` (letters, digits, ``-``, ``_``)."""
+    optimize: str = "none"
+    """``none``, ``ort`` (ONNX Runtime's offline graph optimiser at its portable, extended level)
+    or ``slim`` (onnxslim)."""
+    precision: str = "fp32"
+    """``fp32``, ``fp16`` (weights and compute in float16) or ``int8`` (quantized)."""
+    quantization: str = "dynamic"
+    """For int8: ``dynamic`` (weights int8, activations quantized at run time) or ``static``
+    (activations calibrated on ``calibration``)."""
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    """Calibration data for static int8 (see ``CalibrationConfig``)."""
+    fp16_io: bool = False
+    """For fp16: make the graph's inputs and outputs float16 too. ``false`` keeps them float32,
+    so a caller's feed does not change."""
+    atol: Optional[float] = None
+    """Absolute tolerance; ``None``: the precision's default (fp32: ``export.validation.atol``,
+    fp16: 1e-2, int8: not checked)."""
+    rtol: Optional[float] = None
+    """Relative tolerance; ``None``: the precision's default (fp32: ``export.validation.rtol``,
+    fp16: 1e-2, int8: not checked)."""
+    min_cosine: Optional[float] = None
+    """Smallest cosine similarity of each output with PyTorch's; ``None``: the precision's default
+    (int8: 0.99, others: not checked)."""
+    min_top1: Optional[float] = None
+    """Smallest top-1 agreement with PyTorch for outputs that look like class scores (2-D float);
+    ``None``: the precision's default (int8: 0.95, others: not checked)."""
+    per_output: dict[str, VariantTolerance] = field(default_factory=dict)
+    """Per-output overrides of ``atol``, ``rtol``, ``min_cosine``, ``min_top1``."""
+    on_mismatch: str = "fail"
+    """When this variant fails validation: ``fail`` (the run fails, nothing is published), ``skip``
+    (kept as ``<stem>.<name>.rejected.onnx``, the rest publishes) or ``warn`` (published anyway)."""
+
+
+@dataclass
 class ExportConfig:
     """Everything that decides the bytes of the exported file."""
 
@@ -136,6 +214,9 @@ class ExportConfig:
     """Extra ``metadata_props`` written into the file (keys are prefixed ``onnxport.user.``)."""
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     """Validation settings (see ``ValidationConfig``)."""
+    variants: list[VariantConfig] = field(default_factory=list)
+    """More files from the same run, each validated against the PyTorch model (see ``VariantConfig``),
+    e.g. ``[{name: int8, precision: int8}]``."""
 
     # -- construction ---------------------------------------------------------------
 
@@ -191,6 +272,7 @@ class ExportConfig:
         for size in self.validation.sizes or ():
             if size < 1:
                 raise ConfigError(f"export.validation.sizes has {size}", fix="use axis sizes >= 1")
+        _check_variants(self.variants)
 
     # -- serialisation ------------------------------------------------------------------
 
@@ -205,6 +287,49 @@ class ExportConfig:
     def sha256(self) -> str:
         """sha256 of :meth:`to_json`."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+def _check_variants(variants: list[VariantConfig]) -> None:
+    seen: set[str] = set()
+    for index, variant in enumerate(variants):
+        where = f"export.variants[{index}]"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", variant.name):
+            raise ConfigError(
+                f"{where}.name={variant.name!r} cannot name a file part",
+                fix="name each variant with letters, digits, '-' or '_' (e.g. int8)",
+            )
+        if variant.name in seen or variant.name in ("rejected", "validation", "revalidation"):
+            raise ConfigError(
+                f"{where}.name={variant.name!r} is "
+                + ("used twice" if variant.name in seen else "reserved for onnxport's own files"),
+                fix="give every variant its own name",
+            )
+        seen.add(variant.name)
+        _one_of(f"{where}.optimize", variant.optimize, OPTIMIZERS)
+        _one_of(f"{where}.precision", variant.precision, PRECISIONS)
+        _one_of(f"{where}.quantization", variant.quantization, QUANTIZATIONS)
+        _one_of(f"{where}.on_mismatch", variant.on_mismatch, VARIANT_MISMATCH_POLICIES)
+        _one_of(f"{where}.calibration.split", variant.calibration.split, CALIBRATION_SPLITS)
+        if variant.calibration.batches < 1:
+            raise ConfigError(
+                f"{where}.calibration.batches={variant.calibration.batches} is below 1",
+                fix="calibrate on at least one batch (e.g. 8)",
+            )
+        criteria = [
+            (f"{where}", variant),
+            *((f"{where}.per_output.{k}", v) for k, v in variant.per_output.items()),
+        ]
+        for key, holder in criteria:
+            for name in ("atol", "rtol"):
+                value = getattr(holder, name)
+                if value is not None and value < 0:
+                    raise ConfigError(f"{key}.{name}={value} is negative", fix="use a tolerance >= 0")
+            for name in ("min_cosine", "min_top1"):
+                value = getattr(holder, name)
+                if value is not None and not 0 <= value <= 1:
+                    raise ConfigError(
+                        f"{key}.{name}={value} is outside [0, 1]", fix="use a share between 0 and 1"
+                    )
 
 
 def opset_range(exporter: str) -> tuple[int, int]:
@@ -350,6 +475,9 @@ REFERENCE_SECTIONS = (
     (ValidationConfig, "export.validation."),
     (ToleranceConfig, "export.validation.per_output.<name>."),
     (InputSpec, "export.inputs[]."),
+    (VariantConfig, "export.variants[]."),
+    (VariantTolerance, "export.variants[].per_output.<name>."),
+    (CalibrationConfig, "export.variants[].calibration."),
 )
 
 

@@ -284,7 +284,8 @@ def provenance_metadata(
     """The ``metadata_props`` of the published file: only what shaped its graph and weights.
 
     The export settings without ``validation`` (tolerances, report path, timing and sizes
-    decide whether the file is published, not its bytes), the tool versions, the weights'
+    decide whether the file is published, not its bytes) and without ``variants`` (each variant
+    file records its own; adding one leaves this file as it was), the tool versions, the weights'
     own hash (``provenance.weights_sha256``) and whether it was validated. The checkpoint
     file's sha256 and the validation results go to the report, so changing only them keeps
     the file byte-identical and a DVC stage downstream of it does not re-run.
@@ -296,7 +297,7 @@ def provenance_metadata(
     from onnxport.provenance import tool_versions
 
     versions = tool_versions()
-    shaping = {key: value for key, value in config.to_dict().items() if key != "validation"}
+    shaping = {key: value for key, value in config.to_dict().items() if key not in ("validation", "variants")}
     config_json = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
     props = {
         "version": versions["onnxport"],
