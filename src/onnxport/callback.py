@@ -266,12 +266,14 @@ class OnnxExportCallback(Callback):
                     fallback_source="the first train batch",
                 )
                 rank_zero_info(f"OnnxExportCallback: example inputs from {source}")
+                calibration = _calibration_batches(trainer, pl_module, self.config)
                 result = export(
                     model,
                     example_inputs,
                     self._output_path,
                     config=self.config,
                     checkpoint_sha256=checkpoint_sha256,
+                    calibration_samples=calibration,
                 )
         self.last_result = result
         return result
@@ -439,21 +441,106 @@ def _progress_through_rank_zero_info() -> Iterator[None]:
 
 def _first_batch_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
     """The input part of the first train batch, as ``training_step`` sees it, on the module's device."""
-    loader = trainer.train_dataloader
-    # Several train loaders come back as the collection the user returned: take the first.
-    while isinstance(loader, (Mapping, list, tuple)) and loader:
-        loader = next(iter(loader.values())) if isinstance(loader, Mapping) else loader[0]
-    if loader is None or isinstance(loader, (Mapping, list, tuple)):
+    loader = _first_loader(trainer.train_dataloader)
+    if loader is None:
         raise InputError(
             f"no example inputs for {type(pl_module).__name__}: the config has no inputs, "
             "example_input_array is None and the Trainer has no train dataloader",
             fix="set self.example_input_array in the LightningModule, or pass inputs=[{name, shape}]",
         )
-    batch = next(iter(loader))
-    batch = pl_module.on_before_batch_transfer(batch, 0)
-    batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-    batch = pl_module.on_after_batch_transfer(batch, 0)
-    return _input_part(batch, pl_module)
+    return _input_batches(loader, pl_module, 1)[0]
+
+
+def _calibration_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, config: ExportConfig) -> Any:
+    """The first ``calibration.batches`` batches of the ``calibration.split`` loader, for static int8.
+
+    Only when a static int8 variant has no data of its own (``npz`` or ``datamodule``): then the
+    run's own data is the calibration set, read through the Trainer's loader of that split (or
+    its datamodule's / module's ``<split>_dataloader()`` when the Trainer holds none), as
+    ``forward`` takes it. ``None`` when no variant needs it.
+    """
+    wanted = [
+        variant.calibration
+        for variant in config.variants
+        if variant.precision == "int8"
+        and variant.quantization == "static"
+        and variant.calibration.npz is None
+        and variant.calibration.datamodule is None
+    ]
+    if not wanted:
+        return None
+    split = wanted[0].split  # one set of samples serves every static variant: the first one's split
+    count = max(calibration.batches for calibration in wanted if calibration.split == split)
+    loader = _split_loader(trainer, pl_module, split)
+    batches = _input_batches(loader, pl_module, count)
+    rank_zero_info(f"OnnxExportCallback: calibrating on {len(batches)} batches of the {split} loader")
+    return batches
+
+
+def _split_loader(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> Any:
+    """The first ``split`` loader: the Trainer's, else its datamodule's or module's."""
+    held = {"train": "train_dataloader", "val": "val_dataloaders", "test": "test_dataloaders"}[split]
+    loader = _first_loader(getattr(trainer, held, None))
+    for source in (trainer.datamodule, pl_module):
+        if loader is not None:
+            break
+        method = getattr(source, f"{split}_dataloader", None)
+        if callable(method):
+            try:
+                loader = _first_loader(method())
+            except Exception:  # Lightning's default hook raises "not implemented"
+                loader = None
+    if loader is None:
+        raise InputError(
+            f"static int8 calibration reads the {split} loader, but the Trainer, its datamodule "
+            f"and {type(pl_module).__name__} have no {split} dataloader",
+            fix="set calibration.split to a split the run has (train, val, test), "
+            "or calibration.npz to an .npz of inputs",
+        )
+    return loader
+
+
+def _first_loader(loaders: Any) -> Any:
+    """Several loaders come back as the collection the user returned: take the first."""
+    while isinstance(loaders, (Mapping, list, tuple)) and loaders:
+        loaders = next(iter(loaders.values())) if isinstance(loaders, Mapping) else loaders[0]
+    return None if isinstance(loaders, (Mapping, list, tuple)) else loaders
+
+
+def _input_batches(loader: Any, pl_module: pl.LightningModule, count: int) -> list[Any]:
+    """The input part of the first ``count`` batches of ``loader`` after the batch-transfer hooks.
+
+    A loader's own seeded generator (``DataLoader(generator=...)``, a sampler's) is put back
+    afterwards, so drawing batches does not change the shuffling of the epochs after an export.
+    """
+    import itertools
+
+    with _generators_kept(loader):
+        drawn = list(itertools.islice(iter(loader), count))
+    batches = []
+    for batch in drawn:
+        batch = pl_module.on_before_batch_transfer(batch, 0)
+        batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+        batch = pl_module.on_after_batch_transfer(batch, 0)
+        batches.append(_input_part(batch, pl_module))
+    return batches
+
+
+@contextmanager
+def _generators_kept(loader: Any) -> Iterator[None]:
+    """Restore the state of the torch generators a loader and its samplers draw from."""
+    holders = [
+        loader,
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ]
+    generators = {id(g): g for h in holders if (g := getattr(h, "generator", None)) is not None}
+    states = {key: generator.get_state() for key, generator in generators.items()}
+    try:
+        yield
+    finally:
+        for key, generator in generators.items():
+            generator.set_state(states[key])
 
 
 def _input_part(batch: Any, pl_module: pl.LightningModule) -> Any:
