@@ -118,6 +118,40 @@ def test_dvc_yaml_declares_the_stages_metrics_and_model_artifact():
     assert artifact["path"] == "${paths.model}"
     assert artifact["type"] == "model"
     assert {"opset", "inputs"} <= set(artifact["meta"])
+    # Every configured variant is a declared artifact, in the export stage's out, scored by evaluate.
+    names = [variant.name for variant in compose(config_dir=CONF).export.variants]
+    assert names == ["opt", "fp16", "int8"]
+    for name in names:
+        variant = dvc_yaml["artifacts"][f"digits-cnn-{name}"]
+        assert (variant["path"], variant["type"]) == (f"${{paths.model_dir}}/model.{name}.onnx", "model")
+    assert "export.variants" in stages["evaluate"]["params"]
+    latency = plots["latency"]["y"]["${paths.latency_plot}"]
+    assert [f"{name}_ms" for name in names] == [field for field in latency if field[:-3] in names]
+    # int8 calibrates on the training data: the export stage depends on it and the datamodule's code.
+    assert {"${paths.data_dir}", "pipelines/data.py", "conf/data"} <= set(stages["export"]["deps"])
+
+
+def test_int8_calibrates_on_the_training_split_through_the_pipelines_datamodule(tmp_path: Path):
+    from hydra.utils import instantiate
+
+    from onnxport.config import ExportConfig
+    from pipelines.data import DigitsDataModule, load_split
+
+    cfg = tmp_config(tmp_path)
+    config = ExportConfig.from_dict(OmegaConf.to_container(cfg.export))
+    (int8,) = [variant for variant in config.variants if variant.precision == "int8"]
+    assert (int8.quantization, int8.calibration.split, int8.calibration.npz) == ("static", "train", None)
+    assert int8.calibration.datamodule == OmegaConf.to_container(cfg.data)  # ${data}, resolved
+    # The training callback shares the config (callbacks.onnx_export.config: ${export}).
+    assert cfg.callbacks.onnx_export.config.variants == cfg.export.variants
+
+    data = instantiate(int8.calibration.datamodule)
+    assert isinstance(data, DigitsDataModule) and data.data_dir == tmp_path / "data"
+    data.prepare_data()  # writes the splits `prepare` would write, when missing
+    images, _ = load_split(tmp_path / "data", "train")
+    first = next(iter(data.train_dataloader()))[0]
+    assert first.shape == (cfg.data.batch_size, 1, 8, 8)
+    assert any(np.array_equal(first[0].numpy(), image) for image in images)
 
 
 def test_export_settings_never_retrain():
