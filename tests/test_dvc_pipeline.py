@@ -438,7 +438,9 @@ def test_quick_start_adds_the_stage_to_an_existing_project(tmp_path: Path):
     )
     assert (project / "models" / "model.int8.onnx").is_file()
     # A calibration source that does not build: exit code 2, one line naming it; nothing published.
-    bad = "{name: bad, precision: int8, quantization: static, calibration: {datamodule: {_target_: src.data.Nope}}}"
+    bad = (
+        "{name: bad, precision: int8, quantization: static, calibration: {datamodule: {_target_: src.Nope}}}"
+    )
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     failed = subprocess.run(
         [
@@ -456,6 +458,6 @@ def test_quick_start_adds_the_stage_to_an_existing_project(tmp_path: Path):
         text=True,
     )
     assert failed.returncode == 2, failed.stderr
-    (error,) = [line for line in failed.stderr.splitlines() if "src.data.Nope" in line]
+    (error,) = [line for line in failed.stderr.splitlines() if "src.Nope" in line]
     assert error.startswith("onnxport: ") or "Error" in error
     assert not (project / "models" / "model.bad.onnx").exists()
