@@ -151,12 +151,13 @@ def _files_table(rows: list[dict[str, Any]]) -> list[str]:
     """One line per file of the run: size, ORT latency at batch 1 and 32, worst difference or agreement."""
     cells = [
         (
-            _shown(row["name"], 24),
+            _shown(row["name"], 24)
+            + (f" ({_shown(Path(row['path']).name, 60)})" if isinstance(row.get("path"), str) else ""),
             _human(row["size_bytes"]) if isinstance(row.get("size_bytes"), (int, float)) else "?",
             _ms(row.get("ort_ms_batch1")),
             _ms(row.get("ort_ms_batch32")),
-            _shown(_plain_text(row.get("worst")) or "-", 60),
-            "passed" if row.get("passed") is True else "FAILED",
+            _worst(row),
+            _verdict(row),
         )
         for row in rows
     ]
@@ -170,6 +171,23 @@ def _files_table(rows: list[dict[str, Any]]) -> list[str]:
         ).rstrip()
         for line in [header, *cells]
     ]
+
+
+def _worst(row: dict[str, Any]) -> str:
+    """int8 is judged by agreement (cosine, top-1), the others by their largest difference."""
+    number = (int, float)
+    if isinstance(row.get("min_cosine"), number):
+        top1 = f", top-1 {row['top1']:.4f}" if isinstance(row.get("top1"), number) else ""
+        return f"cosine {row['min_cosine']:.6f}{top1}"
+    if isinstance(row.get("max_abs_diff"), number):
+        return f"max |diff| {row['max_abs_diff']:.2e}"
+    return "-"
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    if row.get("passed") in (1, True):
+        return "passed"
+    return "FAILED (published anyway)" if row.get("published") in (1, True) else "FAILED (rejected)"
 
 
 def _ms(value: Any) -> str:
@@ -250,12 +268,13 @@ def _validation_report(
                 continue
             passed = content.get("passed") == 1 or content.get("passed") is True
         else:
-            own = [row for row in rows if row.get("name") == variant["name"]]
-            if run.get("onnx_sha256") != variant.get("source_sha256") or not own:
+            own = content.get("variants")
+            own = own.get(variant["name"]) if isinstance(own, dict) else None
+            if run.get("onnx_sha256") != variant.get("source_sha256") or not isinstance(own, dict):
                 continue
-            if own[0].get("sha256") not in (None, sha256):
+            if own.get("sha256") != sha256:  # the variant was made again since
                 continue
-            passed = own[0].get("passed") is True
+            passed = own.get("passed") in (1, True)
         verdict = "passed" if passed else "FAILED"
         if content.get("validated") == 0:
             verdict = "not validated (validation was disabled)"
@@ -264,8 +283,19 @@ def _validation_report(
     return {"validation": None, "files": []}
 
 
-FILE_ROW_KEYS = ("name", "path", "sha256", "size_bytes", "ort_ms_batch1", "ort_ms_batch32", "worst", "passed")
-"""What a row of the report's ``files`` table may hold; anything else in a row is left out."""
+FILE_ROW_KEYS = (
+    "name",
+    "path",
+    "size_bytes",
+    "ort_ms_batch1",
+    "ort_ms_batch32",
+    "max_abs_diff",
+    "min_cosine",
+    "top1",
+    "passed",
+    "published",
+)
+"""What a row of the report's ``files`` table holds (``name`` is ``fp32`` for the main file)."""
 
 
 def _file_rows(content: dict[str, Any]) -> list[dict[str, Any]]:
