@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -239,18 +240,15 @@ def test_export_stage_loads_a_lightning_class_path(trained):
 
 @pytest.fixture(scope="module")
 def evaluated(trained):
-    """The trained checkpoint exported by the real TorchScript exporter, then evaluated."""
-    model = DigitsCNN.load_from_checkpoint(trained.paths.checkpoint, weights_only=True).eval()
-    Path(trained.paths.model).parent.mkdir(parents=True)
-    torch.onnx.export(
-        model,
-        (model.example_input_array,),
-        trained.paths.model,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
+    """The trained checkpoint exported as the export stage does (with conf/export's variants), evaluated."""
+    from onnxport.cli import export_from_config
+
+    result = export_from_config(trained)
+    assert [Path(v.path).name for v in result.variants] == [
+        "model.opt.onnx",
+        "model.fp16.onnx",
+        "model.int8.onnx",
+    ]
     return evaluate(trained)
 
 
@@ -264,10 +262,44 @@ def test_evaluate_scores_onnx_runtime_beside_pytorch(trained, evaluated):
     assert written["max_abs_logit_diff_e6"] < 1e3
 
 
+def test_evaluate_scores_each_variant_file(trained, evaluated):
+    variants = evaluated["variants"]
+    assert list(variants) == ["opt", "fp16", "int8"]
+    model = Path(trained.paths.model)
+    for name, row in variants.items():
+        assert row["size_bytes"] == model.with_name(f"model.{name}.onnx").stat().st_size
+        assert row["accuracy"] > 0.8 and row["prediction_agreement"] >= 0.95, (name, row)
+    assert variants["opt"]["accuracy"] == evaluated["onnx_accuracy"]  # same arithmetic, fp32 tolerances
+    assert variants["int8"]["size_bytes"] < 0.5 * model.stat().st_size
+
+
 def test_evaluate_plots_latency_per_batch_size(trained, evaluated):
     rows = json.loads(Path(trained.paths.latency_plot).read_text())
     assert [row["batch_size"] for row in rows] == list(trained.evaluate.batch_sizes)
     assert all(row["onnxruntime_ms"] > 0 and row["torch_ms"] > 0 for row in rows)
+    assert all(row[f"{name}_ms"] > 0 for row in rows for name in ("opt", "fp16", "int8"))
+
+
+def test_evaluate_leaves_out_a_configured_variant_whose_file_is_missing(trained, evaluated, tmp_path, capsys):
+    model = Path(trained.paths.model)
+    shutil.copy2(model, tmp_path / "model.onnx")
+    shutil.copy2(model.with_name("model.fp16.onnx"), tmp_path / "model.fp16.onnx")
+    cfg = OmegaConf.merge(
+        trained,
+        {
+            "paths": {
+                "model": str(tmp_path / "model.onnx"),
+                "accuracy": str(tmp_path / "accuracy.json"),
+                "latency_plot": str(tmp_path / "latency.json"),
+            },
+            "evaluate": {"batch_sizes": [2], "latency_runs": 1},
+        },
+    )
+    metrics = evaluate(cfg)
+    assert list(metrics["variants"]) == ["fp16"]
+    assert "variant opt was not published" in capsys.readouterr().out
+    (row,) = json.loads((tmp_path / "latency.json").read_text())
+    assert set(row) == {"batch_size", "onnxruntime_ms", "fp16_ms", "torch_ms"}
 
 
 def test_summary_says_where_the_model_is_and_its_accuracy(trained, evaluated):
@@ -278,6 +310,8 @@ def test_summary_says_where_the_model_is_and_its_accuracy(trained, evaluated):
     assert f"{evaluated['onnx_accuracy']:.4f} in ONNX Runtime" in text
     assert re.search(r"opset \d+\)", text)
     assert "validation:  passed" in text
+    for name, row in evaluated["variants"].items():
+        assert re.search(rf"^  {name} +{row['accuracy']:.4f}  agreement ", text, re.M), text
 
 
 def test_summary_names_what_is_missing(tmp_path: Path):
