@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from onnxport.config import ExportConfig
+from onnxport.datasource import input_part
 from onnxport.errors import CheckpointError, ConfigError, ExportError, InputError, one_line
 
 if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
@@ -453,16 +454,4 @@ def _first_batch_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule) -> A
     batch = pl_module.on_before_batch_transfer(batch, 0)
     batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
     batch = pl_module.on_after_batch_transfer(batch, 0)
-    return _input_part(batch, pl_module)
-
-
-def _input_part(batch: Any, pl_module: pl.LightningModule) -> Any:
-    if isinstance(batch, (list, tuple)) and batch:
-        return batch[0]
-    if isinstance(batch, Mapping):
-        import inspect
-
-        parameters = inspect.signature(pl_module.forward).parameters
-        named = {key: value for key, value in batch.items() if key in parameters}
-        return named or dict(batch)
-    return batch
+    return input_part(batch, pl_module)

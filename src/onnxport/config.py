@@ -102,6 +102,9 @@ class ValidationConfig:
     """Seed for the generated validation inputs."""
     report: Optional[str] = None
     """Where the JSON report goes. ``None``: ``<output stem>.validation.json`` beside the model."""
+    data: Optional[str] = None
+    """An ``.npz`` of real inputs (arrays named like the graph inputs, samples on axis 0), cut into
+    batches of 32 that are validated beside the generated shape matrix; int8 variants are judged on them."""
     latency_runs: int = 10
     """Timed runs for the torch / ONNX Runtime latency numbers at the export shape (0 turns timing off)."""
     localize: bool = False
@@ -155,8 +158,8 @@ class VariantConfig:
     name: str = ""
     """File name part: ``model.onnx`` gets ``model.<name>.onnx`` (letters, digits, ``-``, ``_``)."""
     optimize: str = "none"
-    """``none``, ``ort`` (ONNX Runtime's offline graph optimiser at its portable, extended level)
-    or ``slim`` (onnxslim)."""
+    """``none``, ``ort`` (ONNX Runtime's offline graph optimiser at its portable basic level:
+    standard ONNX operators only) or ``slim`` (onnxslim)."""
     precision: str = "fp32"
     """``fp32``, ``fp16`` (weights and compute in float16) or ``int8`` (quantized)."""
     quantization: str = "dynamic"
