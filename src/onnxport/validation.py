@@ -564,10 +564,15 @@ def validate_variant(
     judged: a quantized model is calibrated to its data's range, and random inputs outside it say
     nothing about its accuracy. Never raises for a mismatch: the caller applies ``on_mismatch``.
     """
-    check_file(path)
-    session = open_session(path)
     names = reference.output_names
     criteria = {name: variant_criteria(variant, settings, name) for name in names}
+    report = VariantReport(variant.name, str(published_as), {}, on_mismatch=variant.on_mismatch)
+    try:
+        check_file(path)
+        session = open_session(path)
+    except (CheckerError, SessionError) as error:  # a broken variant is rejected like a mismatching one
+        report.cases = [CaseResult("load", {}, error=error.message)]
+        return report
     real = any(case.real for case in reference.cases)
     unjudged = [
         case.label
@@ -595,18 +600,13 @@ def validate_variant(
                 and case.label not in unjudged
             ):
                 agreement.setdefault(name, []).append(expected.argmax(-1) == np.asarray(value).argmax(-1))
-    return VariantReport(
-        name=variant.name,
-        onnx_path=str(published_as),
-        criteria={"precision": variant.precision, **criteria[names[0]], "per_output": _differing(criteria)}
-        if names
-        else {},
-        cases=results,
-        top1={name: float(np.concatenate(rows).mean()) for name, rows in agreement.items()},
-        min_top1={name: criteria[name]["min_top1"] for name in agreement},
-        unjudged=unjudged,
-        on_mismatch=variant.on_mismatch,
-    )
+    first = criteria[names[0]] if names else {}
+    report.criteria = {"precision": variant.precision, **first, "per_output": _differing(criteria)}
+    report.cases = results
+    report.top1 = {name: float(np.concatenate(rows).mean()) for name, rows in agreement.items()}
+    report.min_top1 = {name: criteria[name]["min_top1"] for name in agreement}
+    report.unjudged = unjudged
+    return report
 
 
 def _differing(criteria: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
