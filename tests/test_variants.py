@@ -99,7 +99,7 @@ def test_every_kind_is_made_validated_and_published(tmp_path, exporter, kind, di
     assert {"ort_ms_batch1", "ort_ms_batch32"} <= set(report["files"][0])
     assert "fp16 (model.fp16.onnx)" in result.validation.summary()
     # int8 is judged on the real samples; the generated cases are reported, not judged
-    assert report["variants"]["int8"]["unjudged_cases"] == ["batch=1", "batch=5"]
+    assert report["variants"]["int8"]["unjudged_cases"] == ["batch=2", "batch=1", "batch=5"]
     assert report["variants"]["int8"]["top1"]["output"] >= 0.95
 
 
@@ -115,7 +115,7 @@ def test_int8_judged_by_agreement_and_fp16_by_tolerance_on_generated_inputs(tmp_
     )
 
     fp16, int8 = result.validation.variants
-    assert fp16.passed and fp16.criteria["atol"] == 1e-2 and fp16.criteria["min_cosine"] is None
+    assert fp16.passed and fp16.criteria["atol"] == 2e-2 and fp16.criteria["min_cosine"] is None
     assert int8.passed and int8.criteria["atol"] is None and int8.criteria["min_cosine"] == 0.99
     assert int8.unjudged == [] and set(int8.top1) == {"output"}
     assert all(o.cosine > 0.99 and not o.judged_by_tolerance for case in int8.cases for o in case.outputs)

@@ -51,9 +51,25 @@ def input_part(batch: Any, module: Any) -> Any:
     return batch
 
 
+def single_loader(loaders: Any) -> Any:
+    """The first loader of what a Lightning hook returned (a loader, or a list/dict of them);
+    ``None`` when there is none."""
+    while isinstance(loaders, (Mapping, list, tuple)) and loaders:
+        loaders = next(iter(loaders.values())) if isinstance(loaders, Mapping) else loaders[0]
+    return None if isinstance(loaders, (Mapping, list, tuple)) else loaders
+
+
 def first_batches(loader: Iterable[Any], count: int, module: Any) -> list[Any]:
-    """The input parts of the first ``count`` batches of ``loader``."""
-    return [input_part(batch, module) for batch in itertools.islice(loader, count)]
+    """The input parts of the first ``count`` batches of ``loader``, as the module's step sees them:
+    a LightningModule's batch-transfer hooks run (on its device) before :func:`input_part`."""
+    batches = []
+    for batch in itertools.islice(loader, count):
+        if hasattr(module, "transfer_batch_to_device"):
+            batch = module.on_before_batch_transfer(batch, 0)
+            batch = module.transfer_batch_to_device(batch, module.device, 0)
+            batch = module.on_after_batch_transfer(batch, 0)
+        batches.append(input_part(batch, module))
+    return batches
 
 
 def npz_batches(

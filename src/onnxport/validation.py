@@ -509,14 +509,17 @@ def _exact_float32() -> Iterator[None]:
 
 # -- variants --------------------------------------------------------------------------------
 
-FP16_ATOL = 1e-2
-"""Default absolute tolerance of an fp16 variant (float16 keeps ~3 significant digits)."""
+FP16_ATOL = 2e-2
+"""Default absolute tolerance of an fp16 variant: float16 weights round at ~5e-4 relative, and a
+4-layer d=256 TransformerEncoder measured 7e-3 worst absolute difference (values ~1)."""
 FP16_RTOL = 1e-2
 """Default relative tolerance of an fp16 variant."""
 INT8_MIN_COSINE = 0.99
-"""Default smallest cosine similarity of an int8 variant's output with PyTorch's, per case."""
+"""Default smallest cosine similarity of an int8 variant's output with PyTorch's, per case. Measured:
+0.99995+ (digits CNN, dynamic and static on real digits), 0.9992 (TransformerEncoder 4x256, static)."""
 INT8_MIN_TOP1 = 0.95
-"""Default smallest top-1 agreement of an int8 variant's class scores with PyTorch's."""
+"""Default smallest top-1 agreement of an int8 variant's class scores with PyTorch's (measured 1.0
+on the trained digits CNN over 320 real images, dynamic and static)."""
 
 
 def variant_criteria(variant: VariantConfig, settings: ValidationConfig, output: str) -> dict[str, Any]:
