@@ -58,7 +58,9 @@ def describe(variant: VariantConfig) -> tuple[str, str]:
     """``(transform, library versions)`` for the variant's metadata, e.g. ``("ort+int8-dynamic", ...)``."""
     import onnxruntime
 
-    steps, versions = [], {}
+    from onnxport import __version__
+
+    steps, versions = [], {"onnxport": __version__}
     if variant.optimize == "ort":
         steps.append("ort-basic")
         versions["onnxruntime"] = onnxruntime.__version__
@@ -68,27 +70,45 @@ def describe(variant: VariantConfig) -> tuple[str, str]:
         steps.append("onnxslim")
         versions["onnxslim"] = onnxslim.__version__
     if variant.precision == "fp16":
-        steps.append("fp16-io16" if variant.fp16_io else "fp16")
-        versions["onnxruntime"] = onnxruntime.__version__  # onnxruntime.transformers.float16
+        steps.append("fp16-weights-io16" if variant.fp16_io else "fp16-weights")
     elif variant.precision == "int8":
         steps.append(f"int8-{variant.quantization}")
         versions["onnxruntime"] = onnxruntime.__version__  # onnxruntime.quantization
     return "+".join(steps) or "copy", ",".join(f"{k}=={v}" for k, v in sorted(versions.items()))
 
 
-def provenance(variant: VariantConfig, source_sha256: str) -> dict[str, str]:
-    """The variant's own ``metadata_props`` beside the fp32 file's: name, transform, source hash, config."""
+def provenance(
+    variant: VariantConfig, source_sha256: str, calibration: Sequence[Feed] = ()
+) -> dict[str, str]:
+    """The variant's own ``metadata_props`` beside the fp32 file's: name, transform, source hash,
+    config and, for static int8, the hash of the calibration data (it decides the scales)."""
     import dataclasses
 
     steps, versions = describe(variant)
     config = json.dumps(dataclasses.asdict(variant), sort_keys=True, separators=(",", ":"))
-    return {
+    props = {
         METADATA_KEY: variant.name,
         f"{METADATA_KEY}.transform": steps,
         f"{METADATA_KEY}.transform_versions": versions,
         f"{METADATA_KEY}.source_sha256": source_sha256,
         f"{METADATA_KEY}.config": config,
     }
+    if calibration:
+        props[f"{METADATA_KEY}.calibration_sha256"] = calibration_sha256(calibration)
+    return props
+
+
+def calibration_sha256(calibration: Sequence[Feed]) -> str:
+    """sha256 over the calibration feeds: names, dtypes, shapes and bytes, in order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for feed in calibration:
+        for name in sorted(feed):
+            array = np.ascontiguousarray(feed[name])
+            digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 # -- graph optimisation ------------------------------------------------------------------------
@@ -124,109 +144,22 @@ def optimize_slim(source: Path, target: Path) -> Path:
 # -- precision ---------------------------------------------------------------------------------
 
 
-FP16_ALWAYS_BLOCKED = ("Range", "Resize", "Upsample", "NonMaxSuppression", "TopK", "RoiAlign")
-"""Kept in float32 whatever ORT has kernels for: their float inputs are sizes or coordinates."""
-
-
 def to_fp16(source: Path, target: Path, *, keep_io_types: bool = True) -> Path:
-    """Weights and compute in float16, except operators ORT's CPU provider has no float16 kernel for.
+    """Weights stored as float16; with ``keep_io_types`` false the graph's float inputs and outputs too.
 
-    Those (see :func:`cpu_fp16_blocklist`) stay float32 behind Cast nodes, so the file runs and
-    validates on this machine; GPU runtimes would run more of it in float16. ``keep_io_types``
-    keeps the graph's float inputs and outputs float32, so a caller's feed does not change.
+    Every float32 weight becomes a float16 initializer behind one ``Cast`` to float32, which ONNX
+    Runtime folds when it loads the file: the file halves and the operators run in float32 on the
+    float16-rounded weights. ONNX Runtime's CPU provider (the one validation runs) has no float16
+    kernel for Conv, MatMul, Gemm, Add, Relu, Softmax and the rest of a network's compute, so a
+    graph converted to float16 compute (``onnxruntime.transformers.float16``) only gains Cast pairs
+    around every operator here, and crashed ONNX Runtime 1.32's full optimisation on a TorchScript
+    TransformerEncoder. A float16-compute file for a GPU runtime is a conversion for that runtime.
     """
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
     model = _load(source)
-    blocked = set(FP16_ALWAYS_BLOCKED) | cpu_fp16_blocklist(
-        {node.op_type for node in _all_nodes(model.graph)}
-    )
-    for _ in range(8):  # a kernel missing for one type combination shows only in a session
-        converted = convert_float_to_float16(
-            onnx.ModelProto.FromString(model.SerializeToString()),
-            keep_io_types=keep_io_types,
-            op_block_list=sorted(blocked),
-            disable_shape_infer=False,
-        )
-        _drop_cast_round_trips(converted.graph)
-        _store_weights_fp16(converted.graph)
-        _sort_nodes(converted.graph)  # the converter appends its Cast nodes at the end
-        del converted.graph.value_info[:]  # typed before the passes above; inference redoes it
-        missing = _missing_kernel(converted)
-        if missing is None:
-            return _save(converted, target)
-        if missing in blocked:
-            break
-        blocked.add(missing)
-    raise ExportError(
-        f"precision=fp16: onnxruntime cannot run {source.name} in float16 (no CPU kernel for {missing})",
-        fix="use precision int8 or fp32 for this model, or report the operator",
-    )
-
-
-def _drop_cast_round_trips(graph: Any) -> None:
-    """Remove ``Cast(float16) -> Cast(float)`` pairs the converter puts between two blocked operators:
-    they only round an activation to float16 and back, costing time and precision for nothing."""
-    import onnx
-
-    def cast_to(node: Any) -> int | None:
-        if node.op_type != "Cast":
-            return None
-        return next((a.i for a in node.attribute if a.name == "to"), None)
-
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {value.name for value in graph.output}
-    dropped: set[int] = set()
-    rename: dict[str, str] = {}
-    for node in graph.node:
-        if cast_to(node) != onnx.TensorProto.FLOAT16 or node.output[0] in outputs:
-            continue
-        users = consumers.get(node.output[0], [])
-        if not users or any(
-            cast_to(user) != onnx.TensorProto.FLOAT or user.output[0] in outputs for user in users
-        ):
-            continue
-        dropped.add(id(node))
-        for user in users:
-            dropped.add(id(user))
-            rename[user.output[0]] = node.input[0]
-    kept = [node for node in graph.node if id(node) not in dropped]
-    for node in kept:
-        for index, name in enumerate(node.input):
-            while name in rename:
-                name = rename[name]
-            node.input[index] = name
-    del graph.node[:]
-    graph.node.extend(kept)
-
-
-def _sort_nodes(graph: Any) -> None:
-    """Order ``graph.node`` so every node comes after the producers of its inputs (stable otherwise)."""
-    producer = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
-    nodes = list(graph.node)
-    order: list[int] = []
-    state: dict[int, int] = {}  # 1 visiting, 2 placed
-    for start in range(len(nodes)):
-        stack = [(start, iter(nodes[start].input))]
-        while stack:
-            index, inputs = stack[-1]
-            state[index] = state.get(index, 1)
-            for name in inputs:
-                before = producer.get(name)
-                if before is not None and before not in state:
-                    stack.append((before, iter(nodes[before].input)))
-                    break
-            else:
-                stack.pop()
-                if state[index] != 2:
-                    state[index] = 2
-                    order.append(index)
-    del graph.node[:]
-    graph.node.extend(nodes[index] for index in order)
+    _store_weights_fp16(model.graph)
+    if not keep_io_types:
+        _float16_io(model.graph)
+    return _save(model, target)
 
 
 FP16_STORED_MIN_ELEMENTS = 16
@@ -234,11 +167,7 @@ FP16_STORED_MIN_ELEMENTS = 16
 
 
 def _store_weights_fp16(graph: Any) -> None:
-    """The float32 weights a blocked operator still reads, stored as float16 behind one Cast each.
-
-    The file halves like a float16 model's; ONNX Runtime folds the Cast when it loads the file, so
-    the operator runs in float32 on float16-rounded weights, as it would after a float16 export.
-    """
+    """Each float32 weight stored as float16 behind one Cast to float32, placed first in the graph."""
     import onnx
     from onnx import numpy_helper
 
@@ -260,45 +189,74 @@ def _store_weights_fp16(graph: Any) -> None:
                 "Cast", [half.name], [name], name=f"{name}_to_fp32", to=onnx.TensorProto.FLOAT
             )
         )
-    stale = [value for value in graph.value_info if value.name in {cast.output[0] for cast in casts}]
-    for value in stale:  # typed float16 by the converter's shape inference
-        graph.value_info.remove(value)
-    nodes = list(graph.node)
+    nodes = []
+    for node in graph.node:  # the TorchScript exporter keeps some weights in Constant nodes
+        nodes.append(node)
+        value = (
+            next((a.t for a in node.attribute if a.name == "value"), None)
+            if node.op_type == "Constant"
+            else None
+        )
+        if (
+            value is None
+            or value.data_type != onnx.TensorProto.FLOAT
+            or int(np.prod(value.dims)) < FP16_STORED_MIN_ELEMENTS
+        ):
+            continue
+        name = node.output[0]
+        half = numpy_helper.from_array(numpy_helper.to_array(value).astype(np.float16), value.name)
+        value.CopyFrom(half)
+        node.output[0] = f"{name}_fp16"
+        nodes.append(
+            onnx.helper.make_node(
+                "Cast", [node.output[0]], [name], name=f"{name}_to_fp32", to=onnx.TensorProto.FLOAT
+            )
+        )
     del graph.node[:]
     graph.node.extend(casts + nodes)  # still sorted: the casts read initializers only
+    del graph.value_info[:]  # retyped values: inference redoes them
 
 
-def cpu_fp16_blocklist(op_types: set[str]) -> set[str]:
-    """Of ``op_types`` (default domain), those without a float16 kernel in ORT's CPU provider."""
-    from onnxruntime.capi import _pybind_state
+def _float16_io(graph: Any) -> None:
+    """Float32 graph inputs and outputs become float16, cast to and from float32 at the edges."""
+    import onnx
 
-    with_fp16 = {
-        kernel.op_name
-        for kernel in _pybind_state.get_all_opkernel_def()
-        if kernel.provider == "CPUExecutionProvider"
-        and kernel.domain in ("", "ai.onnx")
-        and any("tensor(float16)" in types for types in kernel.type_constraints.values())
-    }
-    return {op for op in op_types if op not in with_fp16}
-
-
-def _missing_kernel(model: Any) -> str | None:
-    """The operator ORT cannot find a kernel for when it loads ``model``, or ``None`` when it loads."""
-    import re
-
-    import onnxruntime as ort
-
-    try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception as error:
-        match = re.search(r"implementation for (\w+)\(", str(error))
-        if match:
-            return match.group(1)
-        raise ExportError(
-            f"precision=fp16 produced a file onnxruntime cannot load: {one_line(error)}",
-            fix="use precision int8 or fp32 for this model, or report the model",
-        ) from error
-    return None
+    first, last = [], []
+    for value in graph.input:
+        tensor_type = value.type.tensor_type
+        if tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            continue
+        inner = f"{value.name}_fp32"
+        for node in graph.node:
+            for index, name in enumerate(node.input):
+                if name == value.name:
+                    node.input[index] = inner
+        tensor_type.elem_type = onnx.TensorProto.FLOAT16
+        first.append(
+            onnx.helper.make_node(
+                "Cast", [value.name], [inner], name=f"{inner}_cast", to=onnx.TensorProto.FLOAT
+            )
+        )
+    for value in graph.output:
+        tensor_type = value.type.tensor_type
+        if tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            continue
+        inner = f"{value.name}_fp32"
+        for node in graph.node:
+            for field in (node.input, node.output):
+                for index, name in enumerate(field):
+                    if name == value.name:
+                        field[index] = inner
+        tensor_type.elem_type = onnx.TensorProto.FLOAT16
+        last.append(
+            onnx.helper.make_node(
+                "Cast", [inner], [value.name], name=f"{inner}_cast", to=onnx.TensorProto.FLOAT16
+            )
+        )
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(first + nodes + last)
+    del graph.value_info[:]  # renamed values: inference redoes them
 
 
 def quantize_dynamic(source: Path, target: Path) -> Path:

@@ -174,6 +174,8 @@ def export(
     check_calibration(config, calibration_samples)  # static int8 without data: refused before exporting
 
     written = {path.parent for _, path, _ in publish.json_files(config, output)}  # swept of dead temps too
+    for variant in config.variants:  # data files a kill left between placing them and the commit
+        publish.sweep(variant_path(output, variant.name))
     with preserved_state(model), publish.staging_dir(output, *written) as staging:
         with phase("export"):
             weights = start_weights_sha256(model)  # hashed while torch.onnx exports
@@ -324,10 +326,11 @@ def _variants(
     for variant in config.variants:
         with phase(f"variant {variant.name}"):
             folder = staging / f"variant-{variant.name}"
-            raw = variants.transform(layouts.checked, folder, variant, calibration.get(variant.name, ()))
+            feeds = calibration.get(variant.name, ())
+            raw = variants.transform(layouts.checked, folder, variant, feeds)
             target = variant_path(output, variant.name)
             (folder / "stage").mkdir()
-            own = {**metadata, **variants.provenance(variant, layouts.sha256())}
+            own = {**metadata, **variants.provenance(variant, layouts.sha256(), feeds)}
             staged_layouts = _stage_layouts(raw, target, folder / "stage", run, config, own)
             report = None
             if validation is not None and validation.reference is not None:
