@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from onnxport.config import ExportConfig
+from onnxport.datasource import first_batches, needs_calibration, single_loader
 from onnxport.errors import CheckpointError, ConfigError, ExportError, InputError, one_line
 
 if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
@@ -441,14 +442,15 @@ def _progress_through_rank_zero_info() -> Iterator[None]:
 
 def _first_batch_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
     """The input part of the first train batch, as ``training_step`` sees it, on the module's device."""
-    loader = _first_loader(trainer.train_dataloader)
+    loader = single_loader(trainer.train_dataloader)  # several train loaders: the first
     if loader is None:
         raise InputError(
             f"no example inputs for {type(pl_module).__name__}: the config has no inputs, "
             "example_input_array is None and the Trainer has no train dataloader",
             fix="set self.example_input_array in the LightningModule, or pass inputs=[{name, shape}]",
         )
-    return _input_batches(loader, pl_module, 1)[0]
+    with _generators_kept(loader):
+        return first_batches(loader, 1, pl_module)[0]
 
 
 def _calibration_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, config: ExportConfig) -> Any:
@@ -462,17 +464,15 @@ def _calibration_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, con
     wanted = [
         variant.calibration
         for variant in config.variants
-        if variant.precision == "int8"
-        and variant.quantization == "static"
-        and variant.calibration.npz is None
-        and variant.calibration.datamodule is None
+        if needs_calibration(variant) and not variant.calibration.npz and not variant.calibration.datamodule
     ]
     if not wanted:
         return None
     split = wanted[0].split  # one set of samples serves every static variant: the first one's split
     count = max(calibration.batches for calibration in wanted if calibration.split == split)
     loader = _split_loader(trainer, pl_module, split)
-    batches = _input_batches(loader, pl_module, count)
+    with _generators_kept(loader):
+        batches = first_batches(loader, count, pl_module)
     rank_zero_info(f"OnnxExportCallback: calibrating on {len(batches)} batches of the {split} loader")
     return batches
 
@@ -480,14 +480,14 @@ def _calibration_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, con
 def _split_loader(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> Any:
     """The first ``split`` loader: the Trainer's, else its datamodule's or module's."""
     held = {"train": "train_dataloader", "val": "val_dataloaders", "test": "test_dataloaders"}[split]
-    loader = _first_loader(getattr(trainer, held, None))
+    loader = single_loader(getattr(trainer, held, None))
     for source in (trainer.datamodule, pl_module):
         if loader is not None:
             break
         method = getattr(source, f"{split}_dataloader", None)
         if callable(method):
             try:
-                loader = _first_loader(method())
+                loader = single_loader(method())
             except Exception:  # Lightning's default hook raises "not implemented"
                 loader = None
     if loader is None:
@@ -498,32 +498,6 @@ def _split_loader(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str
             "or calibration.npz to an .npz of inputs",
         )
     return loader
-
-
-def _first_loader(loaders: Any) -> Any:
-    """Several loaders come back as the collection the user returned: take the first."""
-    while isinstance(loaders, (Mapping, list, tuple)) and loaders:
-        loaders = next(iter(loaders.values())) if isinstance(loaders, Mapping) else loaders[0]
-    return None if isinstance(loaders, (Mapping, list, tuple)) else loaders
-
-
-def _input_batches(loader: Any, pl_module: pl.LightningModule, count: int) -> list[Any]:
-    """The input part of the first ``count`` batches of ``loader`` after the batch-transfer hooks.
-
-    A loader's own seeded generator (``DataLoader(generator=...)``, a sampler's) is put back
-    afterwards, so drawing batches does not change the shuffling of the epochs after an export.
-    """
-    import itertools
-
-    with _generators_kept(loader):
-        drawn = list(itertools.islice(iter(loader), count))
-    batches = []
-    for batch in drawn:
-        batch = pl_module.on_before_batch_transfer(batch, 0)
-        batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-        batch = pl_module.on_after_batch_transfer(batch, 0)
-        batches.append(_input_part(batch, pl_module))
-    return batches
 
 
 @contextmanager
@@ -541,15 +515,3 @@ def _generators_kept(loader: Any) -> Iterator[None]:
     finally:
         for key, generator in generators.items():
             generator.set_state(states[key])
-
-
-def _input_part(batch: Any, pl_module: pl.LightningModule) -> Any:
-    if isinstance(batch, (list, tuple)) and batch:
-        return batch[0]
-    if isinstance(batch, Mapping):
-        import inspect
-
-        parameters = inspect.signature(pl_module.forward).parameters
-        named = {key: value for key, value in batch.items() if key in parameters}
-        return named or dict(batch)
-    return batch
