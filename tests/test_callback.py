@@ -695,6 +695,10 @@ def test_static_int8_calibrates_on_the_run_loader_and_training_goes_on_as_withou
     untouched = fit([])
 
     assert "calibrating on 2 batches of the train loader" in caplog.text
+    assert "validating on 2 batches of the val loader too" in caplog.text
+    # Those real batches are cases of the report, beside the generated shape matrix.
+    report = json.loads((tmp_path / "model.validation.json").read_text())
+    assert report["cases"] > 3  # batch 1, 2, 5 and the real ones
     assert onnx_matches(tmp_path / "model.onnx", module, PROBE)
     published = tmp_path / "model.int8.onnx"
     rejected = tmp_path / "model.int8.rejected.onnx"

@@ -267,14 +267,14 @@ class OnnxExportCallback(Callback):
                     fallback_source="the first train batch",
                 )
                 rank_zero_info(f"OnnxExportCallback: example inputs from {source}")
-                calibration = _calibration_batches(trainer, pl_module, self.config)
                 result = export(
                     model,
                     example_inputs,
                     self._output_path,
                     config=self.config,
                     checkpoint_sha256=checkpoint_sha256,
-                    calibration_samples=calibration,
+                    calibration_samples=_calibration_batches(trainer, pl_module, self.config),
+                    validation_samples=_validation_batches(trainer, pl_module, self.config),
                 )
         self.last_result = result
         return result
@@ -474,6 +474,27 @@ def _calibration_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, con
     with _generators_kept(loader):
         batches = first_batches(loader, count, pl_module)
     rank_zero_info(f"OnnxExportCallback: calibrating on {len(batches)} batches of the {split} loader")
+    return batches
+
+
+def _validation_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, config: ExportConfig) -> Any:
+    """Real inputs for int8 variants to be judged on: the first batches of the run's val loader.
+
+    int8 is judged by agreement on real cases when there are any; on generated inputs, far from
+    the data it was calibrated on, a good int8 file can look broken. ``None`` (generated cases
+    only) when no variant is int8, ``export.validation.data`` names data already, validation is
+    off, or the run has no val loader. As many batches as the int8 variants calibrate on.
+    """
+    int8 = [variant for variant in config.variants if variant.precision == "int8"]
+    if not int8 or config.validation.data or not config.validation.enabled:
+        return None
+    try:
+        loader = _split_loader(trainer, pl_module, "val")
+    except InputError:
+        return None
+    with _generators_kept(loader):
+        batches = first_batches(loader, max(variant.calibration.batches for variant in int8), pl_module)
+    rank_zero_info(f"OnnxExportCallback: validating on {len(batches)} batches of the val loader too")
     return batches
 
 
