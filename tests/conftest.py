@@ -135,6 +135,32 @@ class TinyEncoder(nn.Module):
         return self.head(self.encoder(tokens).mean(dim=1))
 
 
+def prototype_tokens(
+    count: int, seed: int, classes: int = 5, dim: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count, 6, dim) token sequences around one of ``classes`` fixed prototypes, and the class."""
+    prototypes = torch.randn(classes, dim, generator=torch.Generator().manual_seed(123))
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (count,), generator=generator)
+    tokens = prototypes[labels].unsqueeze(1) + torch.randn(count, 6, dim, generator=generator)
+    return tokens, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder() -> TinyEncoder:
+    """A TinyEncoder fitted to tell :func:`prototype_tokens` classes apart: decisive class scores, as a
+    trained model has (an untrained head's near-ties flip under any rounding)."""
+    torch.manual_seed(0)
+    model = TinyEncoder()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(60):
+        tokens, labels = prototype_tokens(32, seed=step)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(tokens), labels).backward()
+        optimizer.step()
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 8x8 digits (bundled, no download) as (N, 1, 8, 8) floats in [0, 1] and labels."""

@@ -7,31 +7,30 @@ body reads as the steps, each owned by one module:
 step               what                                           module
 =================  =============================================  ==========================
 prepare inputs     example tensors, names, dynamic axes           :mod:`onnxport.inputs`
+real data          validation samples, calibration feeds          :mod:`onnxport.datasource`
 export             torch.onnx writes the raw file                 :mod:`onnxport.exporters`
-[transform]        a raw file in, a raw file out (none yet)       one module per transform
 stage the layouts  scrub, metadata, weights inline or external    :mod:`onnxport.publish`
 validate           checker, ORT session, parity over shapes       :mod:`onnxport.validation`
-publish            one atomic commit of file, data and report     :mod:`onnxport.publish`
+variants           each ``export.variants`` file from the staged  :mod:`onnxport.variants`,
+                   fp32 file, staged and validated against the    :mod:`onnxport.validation`
+                   eager outputs the fp32 validation computed
+publish            one atomic commit per file, fp32 first, then   :mod:`onnxport.publish`
+                   the variants; stale variant files removed
 report             the :class:`ExportResult`                      here
 =================  =============================================  ==========================
 
 Nothing reaches ``output`` before validation passed: everything is staged in a private
 folder beside it, and :func:`onnxport.publish.commit` switches to the new file with one
 ``os.replace``. A previous file at ``output`` (with its data file and report) is untouched
-on any failure; everything that can be refused (paths, tolerances) is refused before exporting.
+on any failure; everything that can be refused (paths, tolerances, static int8 without
+calibration data) is refused before exporting.
 
-Adding a transform step (issue 13: reduced-precision variants, graph optimisation) takes
-one new module and one line. The module exposes ``transform(raw: Path, staging: Path,
-config: ExportConfig) -> Path``: it reads the raw export (weights inline, or in the external
-data file its header references) and writes its result into ``staging``, returning the new
-raw path. The line goes between the export and the layout steps of :func:`export`::
-
-    run, raw = _export(model, inputs, staging, config)
-    raw = quantize.transform(raw, staging, config)  # <- the new step
-    layouts = _stage_layouts(raw, output, staging, run, config, weights_sha256(model))
-
-Validation then checks the transformed file against the eager model with the same
-tolerances, and publishing is unchanged.
+A variant (:func:`onnxport.variants.transform`) reads the staged fp32 file and writes one
+self-contained file into its own staging folder; it is then staged with the fp32 file's
+metadata plus its own (``onnxport.variant*``) and published as ``<stem>.<name>.onnx``. Every
+variant is validated before anything is published, so a variant with ``on_mismatch: fail``
+fails the run with the previous files untouched; ``skip`` keeps it as
+``<stem>.<name>.rejected.onnx`` and publishes the rest; ``warn`` publishes it and says so.
 """
 
 from __future__ import annotations
@@ -410,12 +409,13 @@ def _file_rows(
     staged: list[_StagedVariant],
     config: ExportConfig,
 ) -> None:
-    """One row per file in the report: the fp32 file, then each variant, with latency at batch 1 and 32."""
+    """With variants, one row per file in the report: the fp32 file, then each variant, with latency
+    at batch 1 and 32."""
     from onnxport.report import FileRow
     from onnxport.validation import file_latency
 
-    if validation is None or validation.reference is None:
-        return
+    if validation is None or validation.reference is None or not staged:
+        return  # without variants the report is as before: no second session on a large model
     runs = config.validation.latency_runs
     reference = validation.reference
     validation.files = [
