@@ -144,7 +144,8 @@ def test_missing_file_or_a_directory_is_an_input_error(tmp_path):
 VARIANTS = [
     {"name": "opt", "optimize": "ort"},
     {"name": "fp16", "precision": "fp16"},
-    {"name": "int8", "precision": "int8", "quantization": "dynamic"},
+    # An untrained TinyMLP's near-tied class scores flip under int8: top-1 is loosened, cosine holds.
+    {"name": "int8", "precision": "int8", "quantization": "dynamic", "min_top1": 0.5},
     # Nothing is that close to float32: rejected, kept as model.bad.rejected.onnx, the rest publishes.
     {"name": "bad", "precision": "int8", "quantization": "dynamic", "min_cosine": 1.0, "on_mismatch": "skip"},
 ]
@@ -163,7 +164,9 @@ def test_one_row_per_file_of_the_run_from_the_report(with_variants):
     rows = {row["name"]: row for row in info["files"]}
     assert list(rows) == ["fp32", "opt", "fp16", "int8", "bad"]
     for name, row in rows.items():
-        assert row["size_bytes"] > 0 and row["ort_ms_batch1"] > 0 and row["ort_ms_batch32"] > 0, name
+        assert row["size_bytes"] > 0, name
+        if row["published"]:
+            assert row["ort_ms_batch1"] > 0 and row["ort_ms_batch32"] > 0, name
     assert [rows[name]["passed"] for name in rows] == [1, 1, 1, 1, 0]
     assert rows["bad"]["published"] == 0 and not with_variants.path.with_name("model.bad.onnx").exists()
     assert rows["int8"]["min_cosine"] > 0.99 and "max_abs_diff" in rows["fp16"]
@@ -174,6 +177,7 @@ def test_one_row_per_file_of_the_run_from_the_report(with_variants):
     lines = {line.split()[0]: line for line in table[2:]}
     assert "(model.int8.onnx)" in lines["int8"] and "cosine 0.99" in lines["int8"]
     assert "max |diff|" in lines["fp16"] and lines["fp16"].endswith("passed")
+    assert "cosine" not in lines["fp32"]  # the fp32 file is held to tolerances only
     assert lines["bad"].endswith("FAILED (rejected)")
 
 

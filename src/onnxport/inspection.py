@@ -174,14 +174,14 @@ def _files_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _worst(row: dict[str, Any]) -> str:
-    """int8 is judged by agreement (cosine, top-1), the others by their largest difference."""
-    number = (int, float)
-    if isinstance(row.get("min_cosine"), number):
-        top1 = f", top-1 {row['top1']:.4f}" if isinstance(row.get("top1"), number) else ""
-        return f"cosine {row['min_cosine']:.6f}{top1}"
-    if isinstance(row.get("max_abs_diff"), number):
-        return f"max |diff| {row['max_abs_diff']:.2e}"
-    return "-"
+    """The largest difference and, for variants, the lowest agreement (int8 is judged by these)."""
+    shown = (("max_abs_diff", "max |diff| {:.2e}"), ("min_cosine", "cosine {:.6f}"), ("top1", "top-1 {:.4f}"))
+    parts = [
+        text.format(row[key])
+        for key, text in shown
+        if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+    ]
+    return ", ".join(parts) or "-"
 
 
 def _verdict(row: dict[str, Any]) -> str:
