@@ -143,8 +143,11 @@ def test_int8_calibrates_on_the_training_split_through_the_pipelines_datamodule(
     (int8,) = [variant for variant in config.variants if variant.precision == "int8"]
     assert (int8.quantization, int8.calibration.split, int8.calibration.npz) == ("static", "train", None)
     assert int8.calibration.datamodule == OmegaConf.to_container(cfg.data)  # ${data}, resolved
-    # The training callback shares the config (callbacks.onnx_export.config: ${export}).
+    # The training callback shares the config (callbacks.onnx_export.config: ${export}), and
+    # Hydra hands it over as data: the datamodule is built by the export, not by instantiate.
     assert cfg.callbacks.onnx_export.config.variants == cfg.export.variants
+    callback = instantiate(cfg.callbacks.onnx_export)
+    assert callback.config.variants[2].calibration.datamodule == OmegaConf.to_container(cfg.data)
 
     data = instantiate(int8.calibration.datamodule)
     assert isinstance(data, DigitsDataModule) and data.data_dir == tmp_path / "data"
