@@ -78,6 +78,11 @@ def copy_checkout(root: Path) -> None:
     git(root, "commit", "-q", "-m", "copy of the onnxport checkout")
 
 
+def leaves(metrics: dict) -> list:
+    """The values of a metrics file, nested sections flattened (as `dvc metrics show` does)."""
+    return [v for value in metrics.values() for v in (leaves(value) if isinstance(value, dict) else [value])]
+
+
 def tree_bytes(directory: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
@@ -164,7 +169,9 @@ def test_metrics_show_lists_few_readable_validation_numbers_and_accuracy(pipelin
     validation = workspace["metrics/validation.json"]["data"]
     accuracy = workspace["metrics/accuracy.json"]["data"]
     assert validation["passed"] == 1 and 0 < validation["tolerance_use"] < 1
-    assert all(isinstance(value, (int, float)) for value in validation.values())  # no strings, no run context
+    # No strings, no run context: numbers, and per variant a section of numbers.
+    assert all(isinstance(value, (int, float)) for value in leaves(validation)), validation
+    assert set(validation["variants"]) == set(VARIANTS)
     assert {"onnx_accuracy", "torch_accuracy", "prediction_agreement"} <= set(accuracy)
     assert {
         name: set(row) >= {"accuracy", "prediction_agreement"} for name, row in accuracy["variants"].items()
