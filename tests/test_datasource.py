@@ -39,8 +39,13 @@ class ConstantData:
         return DataLoader(TensorDataset(x, torch.zeros(self.rows)), batch_size=8)
 
 
+def _mlp() -> TinyMLP:
+    torch.manual_seed(0)  # seeded: an untrained head's class scores may nearly tie
+    return TinyMLP()
+
+
 def _setup(tmp_path, **calibration):
-    model = TinyMLP()
+    model = _mlp()
     config = ExportConfig.coerce(None, variants=[{**STATIC, "calibration": calibration}])
     example = prepare_inputs(model, torch.randn(2, 4), config)
     return model, config, example
@@ -53,7 +58,7 @@ def _npz(tmp_path, value: float, rows: int = 20, name: str = "x"):
 
 
 def test_input_part_takes_what_forward_takes():
-    model = TinyMLP()
+    model = _mlp()
     x = torch.randn(2, 4)
     assert datasource.input_part((x, torch.zeros(2)), model) is x
     assert datasource.input_part({"x": x, "label": 1}, model) == {"x": x}
@@ -102,12 +107,12 @@ def test_datamodule_runs_prepare_and_setup_and_reads_the_split(tmp_path):
         0
     ]
     CALLS.clear()
-    batches = datasource.datamodule_batches(source.calibration, TinyMLP())
+    batches = datasource.datamodule_batches(source.calibration, _mlp())
     assert CALLS == ["prepare_data", "setup:fit"]
     assert len(batches) == 2 and all(torch.equal(b, torch.full((8, 4), 3.0)) for b in batches)
     source.calibration.split = "test"
     with pytest.raises(ConfigError, match="has no test_dataloader"):
-        datasource.datamodule_batches(source.calibration, TinyMLP())
+        datasource.datamodule_batches(source.calibration, _mlp())
 
 
 def test_static_int8_without_data_names_the_fix():
@@ -129,7 +134,7 @@ def test_static_int8_calibrates_on_an_npz(tmp_path):
     np.savez(npz, x=rng.standard_normal((64, 4)).astype(np.float32))
     variants = [{**STATIC, "calibration": {"npz": str(npz), "batches": 4}}]
 
-    result = onnxport.export(TinyMLP(), torch.randn(2, 4), tmp_path / "model.onnx", variants=variants)
+    result = onnxport.export(_mlp(), torch.randn(2, 4), tmp_path / "model.onnx", variants=variants)
 
     assert result.variants[0].passed and result.variants[0].path.name == "model.q.onnx"
 
@@ -140,7 +145,7 @@ def test_validation_data_adds_real_cases_and_int8_is_judged_on_them(tmp_path):
     variants = [{"name": "int8", "precision": "int8"}]
 
     result = onnxport.export(
-        TinyMLP(),
+        _mlp(),
         torch.randn(2, 4),
         tmp_path / "model.onnx",
         validation={"data": str(npz)},
@@ -157,7 +162,5 @@ def test_validation_data_adds_real_cases_and_int8_is_judged_on_them(tmp_path):
 
 def test_validation_samples_from_the_api_are_cases_too(tmp_path):
     samples = [torch.randn(3, 4), torch.randn(6, 4)]
-    result = onnxport.export(
-        TinyMLP(), torch.randn(2, 4), tmp_path / "model.onnx", validation_samples=samples
-    )
+    result = onnxport.export(_mlp(), torch.randn(2, 4), tmp_path / "model.onnx", validation_samples=samples)
     assert [case.label for case in result.validation.cases][-2:] == ["sample_0", "sample_1"]

@@ -411,9 +411,12 @@ class VariantReport:
     cases: list[CaseResult] = field(default_factory=list)
     top1: dict[str, float] = field(default_factory=dict)
     """Top-1 agreement with PyTorch per class-score output, pooled over the judged cases' rows."""
+    top1_rows: dict[str, int] = field(default_factory=dict)
+    """How many rows each top-1 agreement is over."""
     unjudged: list[str] = field(default_factory=list)
     """Cases reported but not judged: generated inputs, for int8 when real data was compared too."""
     min_top1: dict[str, float] = field(default_factory=dict)
+    """The top-1 thresholds judged, per output: only over enough rows (see ``export.variants[].min_top1``)."""
     size_bytes: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
     sha256: str = ""
@@ -472,6 +475,7 @@ class VariantReport:
             "size_bytes": self.size_bytes,
             "criteria": self.criteria,
             "top1": dict(self.top1),
+            "top1_rows": dict(self.top1_rows),
             "unjudged_cases": list(self.unjudged),
             "failed_cases": [case.label for case in self.judged if not case.passed],
             "errors": [reason for case in self.cases if case.error for reason in case.failures()],

@@ -606,10 +606,23 @@ def validate_variant(
     first = criteria[names[0]] if names else {}
     report.criteria = {"precision": variant.precision, **first, "per_output": _differing(criteria)}
     report.cases = results
-    report.top1 = {name: float(np.concatenate(rows).mean()) for name, rows in agreement.items()}
-    report.min_top1 = {name: criteria[name]["min_top1"] for name in agreement}
+    rows = {name: np.concatenate(matches) for name, matches in agreement.items()}
+    report.top1 = {name: float(match.mean()) for name, match in rows.items()}
+    report.top1_rows = {name: len(match) for name, match in rows.items()}
+    report.min_top1 = {
+        name: criteria[name]["min_top1"]
+        for name, match in rows.items()
+        if _enough_rows(len(match), criteria[name]["min_top1"])
+    }
     report.unjudged = unjudged
     return report
+
+
+def _enough_rows(rows: int, min_top1: float) -> bool:
+    """Top-1 agreement is judged over enough rows that one disagreement can stay above ``min_top1``
+    (20 rows at 0.95): over the 8 rows of a generated shape matrix, one near-tie of an untrained
+    head flipping would fail a variant whose scores agree to a cosine of 0.9999."""
+    return min_top1 >= 1.0 or rows * (1.0 - min_top1) >= 1.0 - 1e-9
 
 
 def _differing(criteria: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
