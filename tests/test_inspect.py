@@ -94,21 +94,17 @@ def test_text_report_lists_signature_operators_and_provenance(exported):
     assert "validation: passed" in text
 
 
-def test_cli_answers_fast_without_importing_torch(exported):
+def test_cli_answers_without_importing_torch(exported):
     script = (
-        "import sys, time, json\n"
-        "start = time.perf_counter()\n"
+        "import sys, json\n"
         "from onnxport.cli import main\n"
         f"status = main(['inspect', {str(exported)!r}, '--json'])\n"
-        "print(json.dumps({'status': status, 'seconds': time.perf_counter() - start,"
+        "print(json.dumps({'status': status,"
         " 'torch': 'torch' in sys.modules}), file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    timing = json.loads(done.stderr.splitlines()[-1])
-    assert timing["status"] == 0
-    assert timing["torch"] is False
-    assert timing["seconds"] < 1.0  # typically ~0.1 s; loose for a loaded CI machine
+    assert json.loads(done.stderr.splitlines()[-1]) == {"status": 0, "torch": False}
     assert json.loads(done.stdout) == json.loads(json.dumps(inspect_model(exported)))
 
 
