@@ -202,10 +202,13 @@ def test_plots_show_renders_parity_and_latency(pipeline: Pipeline, tmp_path: Pat
     rendered = json.loads(dvc(pipeline.root, "plots", "show", "--json"))["data"]
     parity = rendered["parity"][0]["content"]
     rows = parity["data"]["values"]
-    assert {row["label"] for row in rows} == {"batch=1", "batch=2", "batch=5"}
+    # The generated shape matrix, then the digits validation split (export.validation.data) in batches.
+    labels = {row["label"] for row in rows}
+    assert {"batch=1", "batch=2", "batch=5"} <= labels
+    assert all(label.startswith("sample_") for label in labels - {"batch=1", "batch=2", "batch=5"})
     assert all(0 < float(row["tolerance_use"]) < 1 for row in rows)
     latency = rendered["validation-latency"][0]["content"]["data"]["values"]
-    assert {row["batch"] for row in latency} == {1, 2, 5}
+    assert {1, 2, 5} <= {row["batch"] for row in latency}
     assert {row["rev"] for row in latency} == {"workspace"}
     assert {"onnxruntime_ms", "torch_ms"} <= {key for row in latency for key in row} | {
         row.get("field") for row in latency
