@@ -263,9 +263,10 @@ def test_a_failing_export_under_dvc_repro_keeps_the_previous_model_and_report(pi
     root = pipeline.root
     kept = {name: tree_bytes(root / name) for name in ("models", "metrics", "plots/export")}
     conf = root / "conf" / "export" / "default.yaml"
-    assert "\nvalidation:" not in conf.read_text()
-    with conf.open("a") as handle:  # no tolerance at all: the float32 differences fail validation
-        handle.write("validation:\n  atol: 0.0\n  rtol: 0.0\n")
+    text = conf.read_text()
+    assert "\nvalidation:\n" in text and "atol" not in text  # the schema's tolerances
+    # No tolerance at all: the float32 differences fail validation.
+    conf.write_text(text.replace("\nvalidation:\n", "\nvalidation:\n  atol: 0.0\n  rtol: 0.0\n", 1))
     output = run_failing([str(BIN / "dvc"), "repro"], root)
     assert "validation cases failed" in output
     evidence = {name for name in tree_bytes(root / "models") if ".rejected." in name}
@@ -441,7 +442,14 @@ def test_quick_start_adds_the_stage_to_an_existing_project(tmp_path: Path):
     int8 = (
         "{name: int8, precision: int8, quantization: static, calibration: {datamodule: ${data}, batches: 2}}"
     )
-    assert ran_stages(dvc(project, "exp", "run", "-S", f"export.variants=[{int8}]")) == ["export"]
+    # int8 is judged on real inputs (the generated ones lie far outside the calibrated range):
+    # digits as the template's datamodule scales them, in an .npz named like the graph input.
+    from sklearn.datasets import load_digits
+
+    images = (load_digits().images[:256, None] / 16.0).astype(np.float32)
+    np.savez(project / "val_x.npz", x=images)
+    run_int8 = ["-S", f"export.variants=[{int8}]", "-S", "export.validation.data=val_x.npz"]
+    assert ran_stages(dvc(project, "exp", "run", *run_int8)) == ["export"]
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert (
         params["export"]["variants"][0]["calibration"]["datamodule"]["_target_"] == params["data"]["_target_"]
