@@ -110,17 +110,24 @@ def test_every_kind_is_made_validated_and_published(tmp_path, exporter, kind, re
     assert report["variants"]["int8"]["top1"]["output"] >= 0.95
 
 
-def test_int8_judged_by_agreement_and_fp16_by_tolerance_on_generated_inputs(tmp_path, digits_cnn, digits):
+def test_int8_judged_by_agreement_and_fp16_by_tolerance_on_generated_inputs(
+    tmp_path, digits_cnn, digits, caplog
+):
     """Without real data every case is judged; the defaults hold on the trained CNN's generated inputs."""
-    images, _ = digits
-    result = onnxport.export(
-        digits_cnn,
-        images[:2],
-        tmp_path / "model.onnx",
-        variants=[{"name": "fp16", "precision": "fp16"}, {"name": "int8", "precision": "int8"}],
-        validation={"latency_runs": 0},
-    )
+    from onnxport.progress import is_progress
 
+    images, _ = digits
+    with caplog.at_level(logging.INFO, logger="onnxport"):
+        result = onnxport.export(
+            digits_cnn,
+            images[:2],
+            tmp_path / "model.onnx",
+            variants=[{"name": "fp16", "precision": "fp16"}, {"name": "int8", "precision": "int8"}],
+            validation={"latency_runs": 0},
+        )
+
+    progress = [r.getMessage().split(" done")[0] for r in caplog.records if is_progress(r)]
+    assert progress == ["export", "check", "validate", "variant fp16", "variant int8", "publish"]
     fp16, int8 = result.validation.variants
     assert fp16.passed and fp16.criteria["atol"] == 2e-2 and fp16.criteria["min_cosine"] is None
     assert int8.passed and int8.criteria["atol"] is None and int8.criteria["min_cosine"] == 0.99
