@@ -18,6 +18,7 @@ import torch
 
 import onnxport
 from conftest import TinyMLP, prototype_tokens, run_onnx
+from onnxport import publish
 from onnxport.errors import ConfigError, ValidationError
 from onnxport.hashing import file_sha256
 from onnxport.publish import payload_bytes
@@ -307,3 +308,22 @@ def test_variant_report_hash_matches_the_published_bytes(tmp_path):
         report["variants"]["opt"]["sha256"]
         == hashlib.sha256(result.variants[0].path.read_bytes()).hexdigest()
     )
+
+
+def test_external_data_variants_get_content_named_data_files_that_go_with_them(tmp_path):
+    output = tmp_path / "model.onnx"
+    variants = [{"name": "int8", "precision": "int8"}, {"name": "fp16", "precision": "fp16"}]
+
+    result = onnxport.export(_mlp(), torch.randn(2, 4), output, external_data="always", variants=variants)
+
+    for variant in result.variants:
+        (data,) = publish.data_files(variant.path)
+        assert data.name.startswith(f"{variant.path.name}.") and data.name.endswith(".data")
+        assert variant.size_bytes == variant.path.stat().st_size + data.stat().st_size
+        run_onnx(variant.path, {"x": np.zeros((3, 4), np.float32)})
+    int8_data = publish.data_files(result.variants[0].path)
+
+    onnxport.export(_mlp(), torch.randn(2, 4), output, external_data="always", variants=variants[1:])
+
+    assert not result.variants[0].path.exists() and not int8_data[0].exists()
+    assert publish.data_files(result.variants[1].path)[0].is_file()
