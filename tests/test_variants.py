@@ -19,7 +19,7 @@ import torch
 import onnxport
 from conftest import TinyMLP, prototype_tokens, run_onnx
 from onnxport import publish
-from onnxport.errors import ConfigError, ValidationError
+from onnxport.errors import ConfigError, ExportError, ValidationError
 from onnxport.hashing import file_sha256
 from onnxport.publish import payload_bytes
 
@@ -327,3 +327,24 @@ def test_external_data_variants_get_content_named_data_files_that_go_with_them(t
 
     assert not result.variants[0].path.exists() and not int8_data[0].exists()
     assert publish.data_files(result.variants[1].path)[0].is_file()
+
+
+def test_a_variant_that_cannot_be_made_follows_its_on_mismatch(tmp_path, caplog):
+    output = tmp_path / "model.onnx"
+    wrong = [torch.randn(4, 7)]  # calibration batches of the wrong width: quantize_static cannot run them
+    static = {"name": "q", "precision": "int8", "quantization": "static"}
+
+    with pytest.raises(ExportError, match="int8 static quantization failed"):
+        onnxport.export(_mlp(), torch.randn(2, 4), output, variants=[static], calibration_samples=wrong)
+    assert not output.exists()
+
+    with caplog.at_level(logging.WARNING, logger="onnxport"):
+        result = onnxport.export(
+            _mlp(),
+            torch.randn(2, 4),
+            output,
+            variants=[{**static, "on_mismatch": "skip"}],
+            calibration_samples=wrong,
+        )
+    assert output.is_file() and result.variants == [] and not (tmp_path / "model.q.onnx").exists()
+    assert any("variant 'q' not made (on_mismatch=skip)" in r.getMessage() for r in caplog.records)

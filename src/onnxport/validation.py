@@ -530,7 +530,7 @@ def variant_criteria(variant: VariantConfig, settings: ValidationConfig, output:
     :data:`FP16_ATOL`/:data:`FP16_RTOL`, int8 is judged by agreement (:data:`INT8_MIN_COSINE`,
     :data:`INT8_MIN_TOP1`). The variant's values override them, ``per_output`` overrides those.
     """
-    atol, rtol, _ = _tolerance(settings, output)
+    atol, rtol, allow = _tolerance(settings, output)
     defaults: dict[str, Optional[float]] = {
         "fp32": {"atol": atol, "rtol": rtol, "min_cosine": None, "min_top1": None},
         "fp16": {"atol": FP16_ATOL, "rtol": FP16_RTOL, "min_cosine": None, "min_top1": None},
@@ -550,6 +550,7 @@ def variant_criteria(variant: VariantConfig, settings: ValidationConfig, output:
     if chosen["atol"] is not None or chosen["rtol"] is not None:
         chosen["atol"] = chosen["atol"] or 0.0
         chosen["rtol"] = chosen["rtol"] or 0.0
+    chosen["allow_nonfinite"] = allow  # export.validation.per_output.<name>.allow_nonfinite holds here too
     return chosen
 
 
@@ -635,7 +636,10 @@ def _variant_check(
     name: str, expected: np.ndarray, actual: np.ndarray, criteria: dict[str, Any]
 ) -> OutputCheck:
     judged = criteria["atol"] is not None
-    check = compare(name, expected, actual, criteria["atol"] or 0.0, criteria["rtol"] or 0.0)
+    allow = criteria["allow_nonfinite"]
+    check = compare(
+        name, expected, actual, criteria["atol"] or 0.0, criteria["rtol"] or 0.0, allow_nonfinite=allow
+    )
     check.judged_by_tolerance = judged
     if np.issubdtype(expected.dtype, np.floating) and check.error is None:
         check.cosine = cosine(expected, actual)
@@ -647,7 +651,7 @@ def cosine(expected: np.ndarray, actual: np.ndarray) -> float:
     """Cosine similarity of two tensors as flat vectors; 1.0 when both are all zeros."""
     a = expected.astype(np.float64).ravel()
     b = actual.astype(np.float64).ravel()
-    finite = np.isfinite(a) & np.isfinite(b)
+    finite = np.isfinite(a) & np.isfinite(b)  # NaN/Inf are judged by compare, not here
     a, b = a[finite], b[finite]
     norms = float(np.linalg.norm(a) * np.linalg.norm(b))
     if norms == 0.0:

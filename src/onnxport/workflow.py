@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from onnxport.config import ExportConfig, VariantConfig
-from onnxport.errors import ValidationError
+from onnxport.errors import ExportError, ValidationError
 from onnxport.progress import phase
 
 if TYPE_CHECKING:
@@ -326,7 +326,16 @@ def _variants(
         with phase(f"variant {variant.name}"):
             folder = staging / f"variant-{variant.name}"
             feeds = calibration.get(variant.name, ())
-            raw = variants.transform(layouts.checked, folder, variant, feeds)
+            try:
+                raw = variants.transform(layouts.checked, folder, variant, feeds)
+            except ExportError as error:
+                if variant.on_mismatch == "fail":
+                    raise
+                # skip or warn: there is no file to keep or publish; the rest goes on
+                logger.warning(
+                    "variant %r not made (on_mismatch=%s): %s", variant.name, variant.on_mismatch, error
+                )
+                continue
             target = variant_path(output, variant.name)
             (folder / "stage").mkdir()
             own = {**metadata, **variants.provenance(variant, layouts.sha256(), feeds)}
