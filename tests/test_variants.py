@@ -348,3 +348,28 @@ def test_a_variant_that_cannot_be_made_follows_its_on_mismatch(tmp_path, caplog)
         )
     assert output.is_file() and result.variants == [] and not (tmp_path / "model.q.onnx").exists()
     assert any("variant 'q' not made (on_mismatch=skip)" in r.getMessage() for r in caplog.records)
+
+
+def test_static_int8_without_held_out_data_is_judged_on_its_calibration_batches(tmp_path, digits_cnn, digits):
+    """Random inputs far outside the digits' range would fail it (cosine 0.80); its own data does not."""
+    images, _ = digits
+    variants = [{"name": "q", "precision": "int8", "quantization": "static"}]
+
+    result = onnxport.export(
+        digits_cnn,
+        images[:2],
+        tmp_path / "model.onnx",
+        variants=variants,
+        calibration_samples=[images[i : i + 64] for i in range(0, 256, 64)],
+        validation={"latency_runs": 0},
+    )
+
+    (report,) = result.validation.variants
+    assert [case.label for case in report.cases][-2:] == ["calibration_0", "calibration_1"]
+    assert report.unjudged == ["batch=2", "batch=1", "batch=5"]
+    assert report.passed and report.top1["output"] >= 0.95 and report.top1_rows["output"] == 128
+    assert [case.label for case in result.validation.cases] == [
+        "batch=2",
+        "batch=1",
+        "batch=5",
+    ]  # fp32 unchanged

@@ -185,7 +185,8 @@ class VariantConfig:
     default (int8: 0.99, others: not checked). Measured for int8: 0.9999+ on the digits CNN and a
     TransformerEncoder (dynamic and static on data like the calibration), 0.80 for static int8 fed
     random inputs far outside its calibrated range. int8 is judged on real cases when there are any
-    (``validation_samples``, ``export.validation.data``); generated cases are then only reported."""
+    (``validation_samples``, ``export.validation.data``; for static int8 without them, its first two
+    calibration batches); generated cases are then only reported."""
     min_top1: Optional[float] = None
     """Smallest top-1 agreement with PyTorch for outputs that look like class scores (2-D float,
     several columns), pooled over the judged cases' rows; ``None``: the precision's default

@@ -561,13 +561,15 @@ def validate_variant(
     settings: ValidationConfig,
     *,
     published_as: Path,
+    extra_cases: Sequence[_Case] = (),
 ) -> VariantReport:
     """Compare the variant at ``path`` with the eager outputs the fp32 validation computed.
 
-    Every case of the fp32 validation is run. For int8, when real data was among the cases
-    (``validation_samples``, ``export.validation.data``), generated cases are reported but not
-    judged: a quantized model is calibrated to its data's range, and random inputs outside it say
-    nothing about its accuracy. Never raises for a mismatch: the caller applies ``on_mismatch``.
+    Every case of the fp32 validation is run, then ``extra_cases`` (:func:`calibration_cases`).
+    For int8, when real data was among the cases (``validation_samples``, ``export.validation.data``,
+    calibration batches), generated cases are reported but not judged: a quantized model is
+    calibrated to its data's range, and random inputs outside it say nothing about its accuracy.
+    Never raises for a mismatch: the caller applies ``on_mismatch``.
     """
     names = reference.output_names
     criteria = {name: variant_criteria(variant, settings, name) for name in names}
@@ -578,15 +580,16 @@ def validate_variant(
     except (CheckerError, SessionError) as error:  # a broken variant is rejected like a mismatching one
         report.cases = [CaseResult("load", {}, error=error.message)]
         return report
-    real = any(case.real for case in reference.cases)
+    cases = [*reference.cases, *extra_cases]
+    real = any(case.real for case in cases)
     unjudged = [
         case.label
-        for case in reference.cases
+        for case in cases
         if case.expected is None or (variant.precision == "int8" and real and not case.real)
     ]
     agreement: dict[str, list[np.ndarray]] = {}
     results = []
-    for case in reference.cases:
+    for case in cases:
         result = CaseResult(case.label, case.sizes)
         results.append(result)
         if case.expected is None:
@@ -618,6 +621,36 @@ def validate_variant(
     }
     report.unjudged = unjudged
     return report
+
+
+CALIBRATION_CASES = 2
+"""Calibration batches a static int8 variant is also judged on when no real validation data was given."""
+
+
+def calibration_cases(
+    model: Any, reference: Reference, feeds: Sequence[dict[str, np.ndarray]]
+) -> list[_Case]:
+    """The first :data:`CALIBRATION_CASES` calibration batches as real cases, with their eager outputs.
+
+    Static int8 is calibrated to its data's range: without held-out data (``export.validation.data``)
+    it is judged on the data it was calibrated on rather than on random inputs outside that range
+    (measured on the digits CNN: cosine 0.99996 on digits, 0.80 on standard-normal inputs).
+    """
+    from onnxport.datasource import as_inputs
+
+    cases = []
+    with preserved_state(model), _exact_float32():
+        for index, feed in enumerate(feeds[:CALIBRATION_CASES]):
+            inputs = as_inputs(feed, reference.example)
+            tensors = inputs.tensors()
+            sizes = {
+                symbol: tensors[where[0][0]].shape[where[0][1]]
+                for symbol, where in reference.axes.positions.items()
+            }
+            case = _Case(f"calibration_{index}", sizes, inputs, real=True)
+            case.expected = [to_numpy(value) for value in _flat_outputs(inputs.call(model))]
+            cases.append(case)
+    return cases
 
 
 def _enough_rows(rows: int, min_top1: float) -> bool:
