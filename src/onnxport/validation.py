@@ -409,17 +409,24 @@ def _where(example: ModelInputs, axes: _Axes, symbol: str) -> str:
 
 
 def _static_fix(example: ModelInputs, axes: _Axes, changed: dict[str, int]) -> str:
-    """The settings that keep the refused axes static, or validate only sizes the model takes."""
-    keep = []
-    for symbol in changed:
-        names = sorted({example.names[index] for index, _ in axes.positions[symbol]})
-        static = ", ".join(f"{name}: {{}}" for name in names)
-        batch = " (or export.dynamic_batch=false)" if symbol == "batch" else ""
-        keep.append(f"export.dynamic_axes={{{static}}}{batch}")
+    """The settings that keep the refused axes static (the inputs' other axes stay), or other sizes."""
+    kept: dict[str, dict[int, str]] = {}
+    for symbol, where in axes.positions.items():
+        for index, axis in where:
+            entry = kept.setdefault(example.names[index], {})
+            if symbol not in changed:
+                entry[axis] = symbol
+    touched = sorted({example.names[index] for symbol in changed for index, _ in axes.positions[symbol]})
+    setting = ", ".join(f"{name}: {_axis_text(kept[name])}" for name in touched)
+    batch = " (or export.dynamic_batch=false)" if set(changed) == {"batch"} else ""
     return (
-        f"keep the axis static with {' and '.join(keep)}, or list the sizes the model takes in "
-        "export.validation.sizes"
+        f"keep the axis static with export.dynamic_axes={{{setting}}}{batch}, or list the sizes the "
+        "model takes in export.validation.sizes"
     )
+
+
+def _axis_text(mapping: dict[int, str]) -> str:
+    return "{" + ", ".join(f"{axis}: {name}" for axis, name in sorted(mapping.items())) + "}"
 
 
 def _label(sizes: dict[str, int]) -> str:
