@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from onnxport.config import ExportConfig, ValidationConfig
-from onnxport.conventions import vocab_size
 from onnxport.errors import (
     AxisNotDynamicError,
     CheckerError,
@@ -150,6 +149,8 @@ def run_validation(
         if samples:
             cases += [_sample_case(i, model, sample, axes, config) for i, sample in enumerate(samples)]
         else:
+            from onnxport.conventions import vocab_size
+
             cases += _generated_cases(example, axes, settings, vocab_size(model))
         tolerances = {name: _tolerance(settings, name) for name in graph_outputs}  # (atol, rtol, allow)
         runs = settings.latency_runs
