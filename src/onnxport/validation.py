@@ -9,7 +9,9 @@ Checks run in order and each failure is its own :class:`~onnxport.errors.Validat
    count and in the names ``export`` gives them.
 4. Parity with eager PyTorch in float32 (TF32 off) over a shape matrix built from the
    graph's own symbolic dimensions: every dynamic axis at 1, the export size and a
-   larger size, with seeded inputs of the right dtypes (or the caller's real samples).
+   larger size, with seeded inputs shaped like the example's values (padded masks, type-id
+   segments, integer ranges: :func:`onnxport.inputs.generate_like`) or the caller's real samples.
+   A size eager PyTorch itself refuses is an :class:`~onnxport.errors.AxisNotDynamicError`.
 
 PyTorch's ``verify=True`` only warns and only at the export inputs; here a parity
 failure raises unless ``validation.on_mismatch`` is ``warn``.
@@ -89,6 +91,8 @@ def validate(
     Raises:
         CheckerError, SessionError, SignatureMismatchError: the file is broken or does not fit.
         ParityError (NonFiniteError for NaN/Inf): outputs differ and ``on_mismatch="fail"``.
+        AxisNotDynamicError (a ConfigError, exit 2): eager PyTorch itself refuses a size the graph's
+            dynamic axis allows, whatever ``on_mismatch`` says: the axis is not dynamic.
 
     Example::
 
