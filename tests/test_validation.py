@@ -126,7 +126,7 @@ def test_configured_sizes_replace_the_default_matrix(mlp_file):
     assert report.torch_latency_ms is None and "torch_latency_ms" not in report.to_dict()
 
 
-def test_real_samples_replace_the_generated_inputs(mlp_file):
+def test_real_samples_add_cases_beside_the_generated_inputs(mlp_file):
     model, x, path = mlp_file
     samples = [torch.randn(3, 4), torch.randn(7, 4)]
 
@@ -134,6 +134,8 @@ def test_real_samples_replace_the_generated_inputs(mlp_file):
 
     assert [(case.label, case.sizes) for case in report.cases] == [
         ("batch=2", {"batch": 2}),
+        ("batch=1", {"batch": 1}),
+        ("batch=5", {"batch": 5}),
         ("sample_0", {"batch": 3}),
         ("sample_1", {"batch": 7}),
     ]

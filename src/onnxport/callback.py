@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from onnxport.config import ExportConfig
+from onnxport.datasource import first_batches, single_loader
 from onnxport.errors import CheckpointError, ConfigError, ExportError, InputError, one_line
 
 if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
@@ -439,30 +440,11 @@ def _progress_through_rank_zero_info() -> Iterator[None]:
 
 def _first_batch_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
     """The input part of the first train batch, as ``training_step`` sees it, on the module's device."""
-    loader = trainer.train_dataloader
-    # Several train loaders come back as the collection the user returned: take the first.
-    while isinstance(loader, (Mapping, list, tuple)) and loader:
-        loader = next(iter(loader.values())) if isinstance(loader, Mapping) else loader[0]
-    if loader is None or isinstance(loader, (Mapping, list, tuple)):
+    loader = single_loader(trainer.train_dataloader)  # several train loaders: the first
+    if loader is None:
         raise InputError(
             f"no example inputs for {type(pl_module).__name__}: the config has no inputs, "
             "example_input_array is None and the Trainer has no train dataloader",
             fix="set self.example_input_array in the LightningModule, or pass inputs=[{name, shape}]",
         )
-    batch = next(iter(loader))
-    batch = pl_module.on_before_batch_transfer(batch, 0)
-    batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-    batch = pl_module.on_after_batch_transfer(batch, 0)
-    return _input_part(batch, pl_module)
-
-
-def _input_part(batch: Any, pl_module: pl.LightningModule) -> Any:
-    if isinstance(batch, (list, tuple)) and batch:
-        return batch[0]
-    if isinstance(batch, Mapping):
-        import inspect
-
-        parameters = inspect.signature(pl_module.forward).parameters
-        named = {key: value for key, value in batch.items() if key in parameters}
-        return named or dict(batch)
-    return batch
+    return first_batches(loader, 1, pl_module)[0]
