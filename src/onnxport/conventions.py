@@ -6,8 +6,16 @@ A ``transformers.PreTrainedModel`` is exported as a tokenizer's batch feeds it:
   dynamic ``sequence`` axis 1 beside the ``batch`` axis 0 (``decoder_*`` inputs ``decoder_sequence``);
 - ``use_cache=False``: no past key values in or out, unless the example inputs pass ``use_cache`` or a
   cache (:func:`exporting` sets it on the model's config for the export, then restores it);
-- outputs are named from the ``ModelOutput`` fields (``last_hidden_state``, ``logits``, ...), which
-  :func:`onnxport.inputs.flatten_outputs` reads from the output as it does for any mapping.
+- ``return_dict=True``: outputs are named from the ``ModelOutput`` fields (``last_hidden_state``,
+  ``logits``, ...), which :func:`onnxport.inputs.flatten_outputs` reads as from any mapping.
+
+The sequence axis is tried with the batch in :func:`onnxport.inputs.probed_axes`' one eager call; a
+model that refuses a shorter text (labels of the example's length) keeps it static, said in one line.
+
+Known limit: a causal model fed a left-padded mask has query rows that attend to nothing. Eager
+PyTorch returns 0 there, the exported graph the mean of the values, so validation fails at the padded
+positions of the example itself (max differences 0.05-4). Right padding, and any padding in a
+bidirectional encoder, validate.
 
 What the user set wins: an ``export.dynamic_axes`` entry replaces the convention's axes of that
 name, and a keyword in the example inputs is never overridden.
