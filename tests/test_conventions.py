@@ -124,3 +124,24 @@ def test_a_sequence_axis_the_model_refuses_to_change_stays_static_with_one_line(
     }
     [line] = [r.getMessage() for r in caplog.records if r.name == "onnxport.inputs"]
     assert line.startswith("kept static: the sequence axis of attention_mask, input_ids (the model raised")
+
+
+class CallsAnLM(torch.nn.Module):
+    """A wrapper (as a LightningModule is) that returns the whole output of the LM it calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lm = tiny_transformer("gpt2")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask)
+
+
+@pytest.mark.slow
+def test_an_lm_inside_a_wrapper_is_exported_without_a_cache_too(tmp_path):
+    wrapper = CallsAnLM().eval()
+    result = onnxport.export(
+        wrapper, token_batch(), tmp_path / "wrapped.onnx", validation={"latency_runs": 0}
+    )
+    assert result.validation.passed and result.output_names == ["logits"]
+    assert wrapper.lm.config.use_cache  # the caller's config, back
