@@ -18,7 +18,8 @@ import torch
 
 import onnxport
 from conftest import TinyMLP, prototype_tokens, run_onnx
-from onnxport.errors import ConfigError, ValidationError
+from onnxport import publish
+from onnxport.errors import ConfigError, ExportError, ValidationError
 from onnxport.hashing import file_sha256
 from onnxport.publish import payload_bytes
 
@@ -110,19 +111,26 @@ def test_every_kind_is_made_validated_and_published(tmp_path, exporter, kind, re
     assert report["variants"]["int8"]["top1"]["output"] >= 0.95
 
 
-def test_int8_judged_by_agreement_and_fp16_by_tolerance_on_generated_inputs(tmp_path, digits_cnn, digits):
+def test_int8_judged_by_agreement_and_fp16_by_tolerance_on_generated_inputs(
+    tmp_path, digits_cnn, digits, caplog
+):
     """Without real data every case is judged; the defaults hold on the trained CNN's generated inputs."""
-    images, _ = digits
-    result = onnxport.export(
-        digits_cnn,
-        images[:2],
-        tmp_path / "model.onnx",
-        variants=[{"name": "fp16", "precision": "fp16"}, {"name": "int8", "precision": "int8"}],
-        validation={"latency_runs": 0},
-    )
+    from onnxport.progress import is_progress
 
+    images, _ = digits
+    with caplog.at_level(logging.INFO, logger="onnxport"):
+        result = onnxport.export(
+            digits_cnn,
+            images[:2],
+            tmp_path / "model.onnx",
+            variants=[{"name": "fp16", "precision": "fp16"}, {"name": "int8", "precision": "int8"}],
+            validation={"latency_runs": 0},
+        )
+
+    progress = [r.getMessage().split(" done")[0] for r in caplog.records if is_progress(r)]
+    assert progress == ["export", "check", "validate", "variant fp16", "variant int8", "publish"]
     fp16, int8 = result.validation.variants
-    assert fp16.passed and fp16.criteria["atol"] == 2e-2 and fp16.criteria["min_cosine"] is None
+    assert fp16.passed and fp16.criteria["atol"] == 1e-2 and fp16.criteria["min_cosine"] is None
     assert int8.passed and int8.criteria["atol"] is None and int8.criteria["min_cosine"] == 0.99
     assert int8.unjudged == [] and set(int8.top1) == {"output"}
     assert all(o.cosine > 0.99 and not o.judged_by_tolerance for case in int8.cases for o in case.outputs)
@@ -300,3 +308,68 @@ def test_variant_report_hash_matches_the_published_bytes(tmp_path):
         report["variants"]["opt"]["sha256"]
         == hashlib.sha256(result.variants[0].path.read_bytes()).hexdigest()
     )
+
+
+def test_external_data_variants_get_content_named_data_files_that_go_with_them(tmp_path):
+    output = tmp_path / "model.onnx"
+    variants = [{"name": "int8", "precision": "int8"}, {"name": "fp16", "precision": "fp16"}]
+
+    result = onnxport.export(_mlp(), torch.randn(2, 4), output, external_data="always", variants=variants)
+
+    for variant in result.variants:
+        (data,) = publish.data_files(variant.path)
+        assert data.name.startswith(f"{variant.path.name}.") and data.name.endswith(".data")
+        assert variant.size_bytes == variant.path.stat().st_size + data.stat().st_size
+        run_onnx(variant.path, {"x": np.zeros((3, 4), np.float32)})
+    int8_data = publish.data_files(result.variants[0].path)
+
+    onnxport.export(_mlp(), torch.randn(2, 4), output, external_data="always", variants=variants[1:])
+
+    assert not result.variants[0].path.exists() and not int8_data[0].exists()
+    assert publish.data_files(result.variants[1].path)[0].is_file()
+
+
+def test_a_variant_that_cannot_be_made_follows_its_on_mismatch(tmp_path, caplog):
+    output = tmp_path / "model.onnx"
+    wrong = [torch.randn(4, 7)]  # calibration batches of the wrong width: quantize_static cannot run them
+    static = {"name": "q", "precision": "int8", "quantization": "static"}
+
+    with pytest.raises(ExportError, match="int8 static quantization failed"):
+        onnxport.export(_mlp(), torch.randn(2, 4), output, variants=[static], calibration_samples=wrong)
+    assert not output.exists()
+
+    with caplog.at_level(logging.WARNING, logger="onnxport"):
+        result = onnxport.export(
+            _mlp(),
+            torch.randn(2, 4),
+            output,
+            variants=[{**static, "on_mismatch": "skip"}],
+            calibration_samples=wrong,
+        )
+    assert output.is_file() and result.variants == [] and not (tmp_path / "model.q.onnx").exists()
+    assert any("variant 'q' not made (on_mismatch=skip)" in r.getMessage() for r in caplog.records)
+
+
+def test_static_int8_without_held_out_data_is_judged_on_its_calibration_batches(tmp_path, digits_cnn, digits):
+    """Random inputs far outside the digits' range would fail it (cosine 0.80); its own data does not."""
+    images, _ = digits
+    variants = [{"name": "q", "precision": "int8", "quantization": "static"}]
+
+    result = onnxport.export(
+        digits_cnn,
+        images[:2],
+        tmp_path / "model.onnx",
+        variants=variants,
+        calibration_samples=[images[i : i + 64] for i in range(0, 256, 64)],
+        validation={"latency_runs": 0},
+    )
+
+    (report,) = result.validation.variants
+    assert [case.label for case in report.cases][-2:] == ["calibration_0", "calibration_1"]
+    assert report.unjudged == ["batch=2", "batch=1", "batch=5"]
+    assert report.passed and report.top1["output"] >= 0.95 and report.top1_rows["output"] == 128
+    assert [case.label for case in result.validation.cases] == [
+        "batch=2",
+        "batch=1",
+        "batch=5",
+    ]  # fp32 unchanged

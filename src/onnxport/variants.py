@@ -13,6 +13,7 @@ strings, fixes the producer and sorts the metadata as it does for the fp32 file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,10 +48,12 @@ def transform(source: Path, folder: Path, variant: VariantConfig, calibration: S
         path = optimize_slim(path, folder / "slim.onnx")
     if variant.precision == "fp16":
         path = to_fp16(path, folder / "fp16.onnx", keep_io_types=not variant.fp16_io)
-    elif variant.precision == "int8" and variant.quantization == "dynamic":
-        path = quantize_dynamic(path, folder / "int8.onnx")
     elif variant.precision == "int8":
-        path = quantize_static(path, folder / "int8.onnx", calibration)
+        with _quantizer_logs_at_debug():
+            if variant.quantization == "dynamic":
+                path = quantize_dynamic(path, folder / "int8.onnx")
+            else:
+                path = quantize_static(path, folder / "int8.onnx", calibration)
     return path
 
 
@@ -316,6 +319,25 @@ def quantize_static(source: Path, target: Path, calibration: Sequence[Feed]) -> 
     except Exception as error:
         raise _failed("int8 static quantization", source, error) from error
     return _save(_load(target), target)
+
+
+@contextlib.contextmanager
+def _quantizer_logs_at_debug() -> Iterator[None]:
+    """onnxruntime.quantization logs its advice on the root logger (per-channel axes of LayerNorm
+    weights, pre-processing hints), a wall of warnings for every export: here it goes to DEBUG."""
+
+    def demote(record: logging.LogRecord) -> bool:
+        if "onnxruntime" in record.pathname and record.levelno < logging.ERROR:
+            logger.debug("onnxruntime.quantization: %s", record.getMessage())
+            return False
+        return True
+
+    root = logging.getLogger()
+    root.addFilter(demote)
+    try:
+        yield
+    finally:
+        root.removeFilter(demote)
 
 
 def _prepare(source: Path, target: Path) -> Path:

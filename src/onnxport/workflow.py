@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from onnxport.config import ExportConfig, VariantConfig
-from onnxport.errors import ValidationError
+from onnxport.errors import ExportError, ValidationError
 from onnxport.progress import phase
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ def export(
             metadata = _metadata(run, config, weights.result())
             layouts = _stage_layouts(raw, output, staging, run, config, metadata)
         validation = _validate(layouts, model, inputs, config, output, samples)  # phases check, validate
-        staged = _variants(layouts, output, staging, run, config, metadata, validation, calibration)
+        staged = _variants(model, layouts, output, staging, run, config, metadata, validation, calibration)
         with phase("publish"):
             sha256 = layouts.sha256()  # from the staged bytes: nothing can swap them after the rename
             # The checkpoint file's hash differs per clone (Lightning stores its dirpath): report only.
@@ -307,6 +307,7 @@ def _validate(
 
 
 def _variants(
+    model: Any,
     layouts: Layouts,
     output: Path,
     staging: Path,
@@ -319,26 +320,39 @@ def _variants(
     """Each variant made from the staged fp32 file, staged like it and validated against the eager
     outputs the fp32 validation computed. ``on_mismatch: fail`` raises here, before anything is published."""
     from onnxport import variants
-    from onnxport.validation import validate_variant
+    from onnxport.validation import calibration_cases, validate_variant
 
     staged = []
     for variant in config.variants:
         with phase(f"variant {variant.name}"):
             folder = staging / f"variant-{variant.name}"
             feeds = calibration.get(variant.name, ())
-            raw = variants.transform(layouts.checked, folder, variant, feeds)
+            try:
+                raw = variants.transform(layouts.checked, folder, variant, feeds)
+            except ExportError as error:
+                if variant.on_mismatch == "fail":
+                    raise
+                # skip or warn: there is no file to keep or publish; the rest goes on
+                logger.warning(
+                    "variant %r not made (on_mismatch=%s): %s", variant.name, variant.on_mismatch, error
+                )
+                continue
             target = variant_path(output, variant.name)
             (folder / "stage").mkdir()
             own = {**metadata, **variants.provenance(variant, layouts.sha256(), feeds)}
             staged_layouts = _stage_layouts(raw, target, folder / "stage", run, config, own)
             report = None
             if validation is not None and validation.reference is not None:
+                reference = validation.reference
+                held_out = any(case.real for case in reference.cases)
+                extra = calibration_cases(model, reference, feeds) if feeds and not held_out else []
                 report = validate_variant(
                     staged_layouts.checked,
-                    validation.reference,
+                    reference,
                     variant,
                     config.validation,
                     published_as=target,
+                    extra_cases=extra,
                 )
                 report.sha256 = staged_layouts.sha256()
                 report.size_bytes = _size(staged_layouts.published)
