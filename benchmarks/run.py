@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models",
         default=os.environ.get("BENCH", "default"),
-        help="'default' (cnn, transformer, bert, mlp64), 'large' (the 2.3 GB MLP), 'all', or a comma list",
+        help="'default' (cnn, transformer, bert, mlp64, then the variants), 'large' (the 2.3 GB MLP), "
+        "'all', 'variants' (only benchmarks/variants.py), or a comma list",
     )
     parser.add_argument("--measure", nargs=2, metavar=("CONTENDER", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -356,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(*args.measure)))
         return 0
 
+    from benchmarks import variants
+
+    if args.models == "variants":  # issue 13's section alone, into the same results file
+        return record_variants(variants.run())
     chosen = {"default": MODELS, "large": LARGE, "all": MODELS + LARGE}.get(args.models)
     names = chosen or tuple(args.models.split(","))
     repeats = {name: 1 if name in LARGE else args.repeats for name in names}
@@ -378,6 +383,24 @@ def main(argv: list[str] | None = None) -> int:
     if "callback" not in results and "callback" in previous:
         results["callback"] = previous["callback"]
     results["goals"] = goals(results)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {RESULTS}")
+    if args.models in ("default", "all"):
+        return record_variants(variants.run())
+    return 0
+
+
+def record_variants(measured: dict[str, Any]) -> int:
+    """Print the variants section (benchmarks/variants.py) and keep it in the results file."""
+    from benchmarks import variants
+
+    variants.print_tables(measured)
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results["variants"] = measured
+    results["variant_goals"] = [
+        f"{'PASS' if met else 'MISS'}  {model} {goal}: {value}"
+        for model, goal, value, met in variants.goals(measured)
+    ]
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {RESULTS}")
     return 0

@@ -127,7 +127,9 @@ class CalibrationConfig:
     split: str = "val"
     """The datamodule's loader to read: ``train``, ``val`` or ``test`` (the callback's trainer
     datamodule, or the one ``datamodule`` builds)."""
-    datamodule: Optional[dict[str, Any]] = None
+    # Any, not dict: Hydra's structured schema resolves an interpolation merged into a dict-typed
+    # field while composing the config group, before the root key ``${data}`` names exists.
+    datamodule: Optional[Any] = None
     """CLI/DVC stage: a Hydra config with ``_target_`` that builds a LightningDataModule
     (e.g. ``${data}``); ``setup("fit")`` runs, then its ``<split>_dataloader()`` is read."""
     npz: Optional[str] = None
@@ -210,7 +212,9 @@ class ExportConfig:
     opset: int = 18
     """ONNX opset to produce. Checked against what the chosen exporter supports."""
     dynamic_batch: bool = True
-    """Make axis 0 of every input (and output) a dynamic axis named ``batch``."""
+    """Make axis 0 a dynamic axis named ``batch`` where it is one: the inputs of the batch size that the
+    model also runs with at another batch size (tried once before exporting; the others stay static,
+    said in one info line), and the outputs that follow them. Transformers models also get ``sequence``."""
     dynamic_axes: dict[str, Any] = field(default_factory=dict)
     """torch.onnx form ``{input_or_output: {axis: name}}``; overrides ``dynamic_batch`` per name."""
     input_names: Optional[list[str]] = None
@@ -323,6 +327,12 @@ def _check_variants(variants: list[VariantConfig]) -> None:
         _one_of(f"{where}.quantization", variant.quantization, QUANTIZATIONS)
         _one_of(f"{where}.on_mismatch", variant.on_mismatch, VARIANT_MISMATCH_POLICIES)
         _one_of(f"{where}.calibration.split", variant.calibration.split, CALIBRATION_SPLITS)
+        datamodule = variant.calibration.datamodule
+        if datamodule is not None and not (isinstance(datamodule, Mapping) and "_target_" in datamodule):
+            raise ConfigError(
+                f"{where}.calibration.datamodule={datamodule!r} is not a config with _target_",
+                fix="point it at a datamodule config, e.g. ${data}, or use calibration.npz",
+            )
         if variant.calibration.batches < 1:
             raise ConfigError(
                 f"{where}.calibration.batches={variant.calibration.batches} is below 1",

@@ -215,17 +215,6 @@ def datamodule_batches(source: CalibrationConfig, module: Any) -> list[Any]:
 
 def generated_feeds(example: ModelInputs, config: ExportConfig, count: int) -> list[Feed]:
     """Seeded inputs at the example's shapes, as validation generates them (not representative)."""
-    from onnxport.inputs import generate_inputs
-    from onnxport.validation import spec_like
+    from onnxport.inputs import generate_like
 
-    specs = [
-        spec_like(name, tensor, example.specs.get(name))
-        for name, tensor in zip(example.names, example.tensors(), strict=True)
-    ]
-    return [
-        {
-            name: tensor.numpy()
-            for name, tensor in generate_inputs(specs, config.validation.seed + 1000 + i).items()
-        }
-        for i in range(count)
-    ]
+    return [generate_like(example, {}, config.validation.seed + 1000 + i).feed() for i in range(count)]

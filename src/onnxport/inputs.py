@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,8 @@ from onnxport.errors import ConfigError, InputError
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+logger = logging.getLogger(__name__)
 
 BATCH_AXIS_NAME = "batch"
 _INTEGER_DEFAULT_RANGE = (0, 10)
@@ -425,17 +428,24 @@ def resolve_dynamic_axes(
     output_names: list[str],
     config: ExportConfig,
     outputs: Sequence[torch.Tensor] | None = None,
+    *,
+    model: Any = None,
 ) -> dict[str, dict[int, str]]:
     """Dynamic axes of inputs and outputs in the torch.onnx form ``{name: {axis: axis_name}}``.
 
-    ``dynamic_batch`` makes axis 0 of every input ``batch``; of the outputs, those
-    whose axis 0 has the batch size (when ``outputs`` is given) or all of them.
-    ``config.dynamic_axes`` replaces the entry of each name it lists; ``{}`` makes
-    that name static.
+    ``dynamic_batch`` makes axis 0 ``batch`` where it behaves as one. Given the ``model``, that is
+    tried: the model runs once more with the batch grown by one (:func:`probed_axes`), and an input
+    whose axis 0 cannot change, or differs from the batch size, stays static; outputs are dynamic
+    where they followed. A transformers model's text inputs also get a dynamic ``sequence`` axis 1
+    (:mod:`onnxport.conventions`). Without the model, every input's axis 0 is ``batch``, and so is
+    each output's whose axis 0 has the batch size (when ``outputs`` is given) or all of them.
+    ``config.dynamic_axes`` replaces the entry of each name it lists; ``{}`` makes that name static.
     """
     tensors = inputs.tensors()
     axes: dict[str, dict[int, str]] = {}
-    if config.dynamic_batch:
+    if model is not None:
+        axes = probed_axes(model, inputs, config, output_names, outputs)
+    elif config.dynamic_batch:
         batch_sizes = {t.shape[0] for t in tensors if t.dim() >= 1}
         for name, tensor in zip(inputs.names, tensors, strict=True):
             if tensor.dim() >= 1:
@@ -458,6 +468,147 @@ def resolve_dynamic_axes(
             )
         axes[name] = _axis_map(name, spec, ranks.get(name))
     return {name: mapping for name, mapping in axes.items() if mapping}
+
+
+def probed_axes(
+    model: Any,
+    inputs: ModelInputs,
+    config: ExportConfig,
+    output_names: list[str],
+    outputs: Sequence[torch.Tensor] | None,
+) -> dict[str, dict[int, str]]:
+    """The batch (and sequence) axes the model accepts at another size, tried with one eager call.
+
+    The candidates: axis 0 of the inputs with the most common first size (with ``dynamic_batch``),
+    axis 1 of a transformers model's text inputs; not the inputs ``export.dynamic_axes`` lists (the
+    user's word wins). They are grown together (the batch by one, a sequence shrunk by one) and the
+    model is run: outputs whose axes moved with them get the same names. If the call fails, the
+    batch alone is tried; what still fails stays static, said in one info line.
+    """
+    import torch
+
+    from onnxport import conventions
+
+    tensors = inputs.tensors()
+    names = inputs.names
+    wanted: dict[str, dict[int, str]] = {}
+    static: list[str] = []  # what the info line names
+    if config.dynamic_batch:
+        firsts = [int(t.shape[0]) for t in tensors if t.dim() >= 1]
+        batch = max(firsts, key=firsts.count) if firsts else None
+        for name, tensor in zip(names, tensors, strict=True):
+            if tensor.dim() >= 1 and tensor.shape[0] == batch:
+                wanted[name] = {0: BATCH_AXIS_NAME}
+            elif tensor.dim() >= 1:
+                static.append(f"axis 0 of {name} (size {tensor.shape[0]}, the batch is {batch})")
+    ranks = [t.dim() for t in tensors]
+    for name, axis_name in conventions.sequence_axes(model, names, ranks).items():
+        wanted.setdefault(name, {})[1] = axis_name
+    wanted = {name: axes for name, axes in wanted.items() if name not in config.dynamic_axes}
+    if not wanted or isinstance(model, torch.export.ExportedProgram):  # a program's shapes are fixed
+        return _by_coincidence(wanted, output_names, outputs, tensors)
+
+    found, grown, error = _try_sizes(model, inputs, wanted, config.validation.seed)
+    if error is not None and any(axis for axes in wanted.values() for axis in axes):
+        batch_only = {name: {0: axes[0]} for name, axes in wanted.items() if 0 in axes}
+        found, grown, second = _try_sizes(model, inputs, batch_only, config.validation.seed)
+        dropped = sorted(name for name, axes in wanted.items() if set(axes) - {0})
+        static.append(f"the sequence axis of {', '.join(dropped)} (the model raised {_short(error)})")
+        wanted, error = batch_only, second
+    if error is not None:
+        tried = sorted({size for (_, axis_name), size in grown.items() if axis_name == BATCH_AXIS_NAME})
+        static.append(
+            f"axis 0 of {', '.join(wanted)} ({type(model).__name__} raised at {tried[0] if tried else '?'}: "
+            f"{_short(error)})"
+        )
+        wanted = {}
+    if static:
+        logger.info("kept static: %s", "; ".join(static))
+    axes = dict(wanted)
+    if found is not None and outputs is not None and len(found) == len(outputs):
+        for name, before, after in zip(output_names, outputs, found, strict=True):
+            moved = _moved_axes(before, after, grown)
+            if moved:
+                axes[name] = moved
+    return axes
+
+
+def _try_sizes(
+    model: Any, inputs: ModelInputs, wanted: dict[str, dict[int, str]], seed: int
+) -> tuple[list[torch.Tensor] | None, dict[tuple[int, str], int], BaseException | None]:
+    """Run ``model`` with the ``wanted`` axes grown.
+
+    Returns the flat outputs (``None`` if it raised), ``{(old size, axis name): new size}`` and the error.
+    """
+    import torch
+
+    if not wanted:
+        return None, {}, None
+    tensors = dict(zip(inputs.names, inputs.tensors(), strict=True))
+    grown: dict[tuple[int, str], int] = {}
+    sizes: dict[str, dict[int, int]] = {}
+    for name, axes in wanted.items():
+        for axis, axis_name in axes.items():
+            old = int(tensors[name].shape[axis])
+            new = old + 1 if axis == 0 or old == 1 else old - 1  # a shorter text fits any position table
+            grown[(old, axis_name)] = new
+            sizes.setdefault(name, {})[axis] = new
+    if all(set(axes) == {0} for axes in sizes.values()):
+        # only the batch grows: repeat real rows, so no generated value can be what the model refuses
+        probe = inputs.with_tensors(
+            [
+                t.index_select(0, torch.arange(sizes[n][0], device=t.device) % t.shape[0])
+                if n in sizes
+                else t
+                for n, t in tensors.items()
+            ]
+        )
+    else:
+        from onnxport.conventions import vocab_size
+
+        probe = generate_like(inputs, sizes, seed, vocab_size=vocab_size(model))
+    try:
+        found = [tensor for _, tensor in flatten_outputs(probe.call(model))]
+    except Exception as error:  # the model does not take these sizes
+        return None, grown, error
+    return found, grown, None
+
+
+def _moved_axes(
+    before: torch.Tensor, after: torch.Tensor, grown: dict[tuple[int, str], int]
+) -> dict[int, str]:
+    """The axes of an output that changed as an input axis did, named as that axis."""
+    if before.dim() != after.dim():
+        return {}
+    moved = {}
+    for axis, (old, new) in enumerate(zip(before.shape, after.shape, strict=True)):
+        for (was, axis_name), now in grown.items():
+            if old != new and (old, new) == (was, now) and axis_name not in moved.values():
+                moved[axis] = axis_name
+                break
+    return moved
+
+
+def _by_coincidence(
+    wanted: dict[str, dict[int, str]],
+    output_names: list[str],
+    outputs: Sequence[torch.Tensor] | None,
+    tensors: list[torch.Tensor],
+) -> dict[str, dict[int, str]]:
+    """Without a probe, outputs whose axis 0 has the batch size follow the batch."""
+    axes = dict(wanted)
+    firsts = {int(t.shape[0]) for t in tensors if t.dim() >= 1}
+    if any(0 in found for found in wanted.values()) and outputs is not None:
+        for name, output in zip(output_names, outputs, strict=True):
+            if output.dim() >= 1 and output.shape[0] in firsts:
+                axes[name] = {0: BATCH_AXIS_NAME}
+    return axes
+
+
+def _short(error: BaseException) -> str:
+    from onnxport.errors import one_line
+
+    return f"{type(error).__name__}: {one_line(error, limit=160)}"
 
 
 def _axis_map(name: str, spec: Any, rank: int | None) -> dict[int, str]:
@@ -486,15 +637,181 @@ def _axis_map(name: str, spec: Any, rank: int | None) -> dict[int, str]:
 
 
 # -- generated inputs ---------------------------------------------------------------------
+#
+# Validation (and the batch probe) needs inputs beyond the example: the same structure at other
+# sizes. Their values follow what the example shows, read per row along its last axis, because
+# outputs on values no tokenizer produces test nothing: a random 0/1 attention mask leaves whole
+# rows of a causal model attending to no token, where eager PyTorch and the exported graph
+# disagree on what an empty softmax gives (issue 14: CLIP's text model, max differences 2.6-4.0).
+
+
+@dataclass(frozen=True)
+class ValuePattern:
+    """How the values of one input are drawn, at any shape; :func:`pattern_of` reads one from an example."""
+
+    kind: str
+    """``normal`` (standard normal), ``uniform`` in ``[low, high)``, ``constant`` (every value ``low``),
+    ``right_padded`` / ``left_padded`` (per row a prefix / suffix run of ones, at least ``low`` long,
+    the first row padded least), ``segments`` (per row nondecreasing runs of ``low`` .. ``high - 1``,
+    as token type ids), ``positions`` (``low + arange`` along the last axis) or ``binary`` (random 0/1;
+    ``low`` ones per row at least)."""
+    low: float = 0
+    high: float = 0
+
+
+def pattern_of(name: str, tensor: torch.Tensor, vocab_size: int | None = None) -> ValuePattern:
+    """The :class:`ValuePattern` that draws values like ``tensor``'s (the example input ``name``).
+
+    Integers stay in the example's observed range, token ids (``*input_ids``) below ``vocab_size``;
+    0/1 masks keep right or left padding (per row a run of ones, never a row of zeros); type ids keep
+    their segments (all zeros stays zeros); position ids stay ``arange``; floats are standard normal.
+
+    >>> import torch
+    >>> pattern_of("attention_mask", torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    ValuePattern(kind='right_padded', low=1, high=0)
+    >>> pattern_of("input_ids", torch.tensor([[5, 9], [7, 99]]), vocab_size=50)
+    ValuePattern(kind='uniform', low=5, high=50)
+    """
+    import torch
+
+    from onnxport.conventions import is_token_ids
+
+    leaf = name.rsplit(".", 1)[-1].lower()
+    masky, typey = "mask" in leaf, "type_ids" in leaf or "segment" in leaf
+    values = tensor.detach()
+    if values.numel() == 0:
+        return (
+            ValuePattern("normal")
+            if values.is_floating_point()
+            else ValuePattern("uniform", *_INTEGER_DEFAULT_RANGE)
+        )
+    binary = bool(((values == 0) | (values == 1)).all())
+    if values.is_floating_point() or values.is_complex():
+        return (
+            _mask_pattern(values, masky=True) if masky and binary and values.dim() else ValuePattern("normal")
+        )
+    low, high = int(values.min()), int(values.max())
+    if low == high:  # all zeros stays zeros; a full mask becomes padded rows of varied lengths
+        return (
+            ValuePattern("right_padded", 1)
+            if masky and low == 1 and values.dim()
+            else ValuePattern("constant", low)
+        )
+    if values.dim() == 0:
+        return ValuePattern("uniform", low, high + 1)
+    rows = values.reshape(-1, values.shape[-1]).long()
+    steps = rows.diff(dim=1)
+    marked = masky or values.dtype == torch.bool or (values.dim() >= 2 and bool((steps <= 0).all()))
+    if binary and not typey and marked:
+        return _mask_pattern(values, masky=masky)
+    if values.dim() >= 2 and rows.shape[1] > 1:
+        if bool((steps == 1).all()):
+            return ValuePattern("positions", int(rows[:, 0].min()))
+        if bool((steps >= 0).all()) and (typey or binary):
+            return ValuePattern("segments", low, high + 1)
+    if vocab_size is not None and is_token_ids(name) and low < vocab_size:
+        high = min(high, vocab_size - 1)
+    return ValuePattern("uniform", low, high + 1)
+
+
+def _mask_pattern(values: torch.Tensor, *, masky: bool) -> ValuePattern:
+    """Right padding (rows of ones then zeros), left padding (zeros then ones) or random 0/1.
+
+    A row of ones may be empty only where the example has one and no full row: then the ones mark
+    padding (PyTorch's ``key_padding_mask``) and it is a full row that would leave nothing to attend.
+    """
+    rows = (values.reshape(-1, values.shape[-1]) != 0).long()
+    counts = rows.sum(dim=1)
+    full = rows.shape[1]
+    inverted = bool((counts == 0).any()) and not bool((counts == full).any())
+    least = 0 if inverted else 1
+    steps = rows.diff(dim=1)
+    if bool((steps <= 0).all()):
+        return ValuePattern("right_padded", least)
+    if bool((steps >= 0).all()):
+        return ValuePattern("left_padded", least)
+    return ValuePattern("binary", 1 if masky else 0)
+
+
+def draw(
+    pattern: ValuePattern, shape: Sequence[int], dtype: torch.dtype, generator: torch.Generator
+) -> torch.Tensor:
+    """A seeded tensor of ``shape`` and ``dtype`` whose values follow ``pattern``."""
+    import torch
+
+    shape = list(shape)
+    kind = pattern.kind if shape or pattern.kind in ("normal", "uniform", "constant") else "uniform"
+    length = shape[-1] if shape else 1
+    rows = max(1, int(torch.Size(shape[:-1]).numel())) if shape else 1
+    if kind == "normal":
+        tensor = torch.randn(shape, generator=generator)
+    elif kind == "constant":
+        tensor = torch.full(shape, pattern.low, dtype=torch.float64)
+    elif kind == "uniform" and (dtype.is_floating_point or dtype.is_complex):
+        tensor = (
+            torch.rand(shape, generator=generator, dtype=torch.float64) * (pattern.high - pattern.low)
+            + pattern.low
+        )
+    elif kind == "uniform":
+        tensor = torch.randint(int(pattern.low), int(pattern.high), shape, generator=generator)
+    elif kind in ("right_padded", "left_padded"):
+        least = int(pattern.low)
+        most = length if least else length - 1
+        counts = torch.randint(least, max(least, most) + 1, (rows,), generator=generator)
+        counts[0] = most if least else least  # one row as long as the batch, as a tokenizer pads
+        ones = counts.clamp(0, length)[:, None]
+        position = torch.arange(length)[None, :]
+        tensor = position < ones if kind == "right_padded" else position >= length - ones
+    elif kind == "segments":
+        cuts = torch.randint(
+            1, length + 1, (rows, max(0, int(pattern.high - pattern.low) - 1)), generator=generator
+        )
+        position = torch.arange(length)[None, :, None]
+        tensor = pattern.low + (position >= cuts.sort(dim=1).values[:, None, :]).sum(dim=-1)
+    elif kind == "positions":
+        tensor = (pattern.low + torch.arange(length)).expand(rows, length)
+    else:  # binary
+        tensor = torch.randint(0, 2, (rows, length), generator=generator)
+        if pattern.low:  # never a row of zeros in a mask
+            tensor[tensor.sum(dim=1) == 0, 0] = 1
+    tensor = tensor.reshape(shape)
+    return tensor != 0 if dtype == torch.bool else tensor.to(dtype)
+
+
+def generate_like(
+    example: ModelInputs,
+    sizes: Mapping[str, Mapping[int, int]],
+    seed: int,
+    *,
+    vocab_size: int | None = None,
+) -> ModelInputs:
+    """Seeded inputs like ``example``'s with axes resized (``{name: {axis: size}}``).
+
+    An ``export.inputs`` range pins an input's values; the others follow :func:`pattern_of`.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = []
+    for name, tensor in zip(example.names, example.tensors(), strict=True):
+        shape = list(tensor.shape)
+        for axis, size in sizes.get(name, {}).items():
+            shape[int(axis)] = size
+        spec = example.specs.get(name)
+        pattern = _pinned(spec, tensor.dtype) if spec is not None else None
+        pattern = pattern or pattern_of(name, tensor, vocab_size)
+        tensors.append(draw(pattern, shape, tensor.dtype, generator).to(tensor.device))
+    return example.with_tensors(tensors)
 
 
 def generate_inputs(
     specs: list[InputSpec], seed: int, sizes: dict[str, dict[int, int]] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Seeded tensors from ``specs``; ``sizes`` overrides axes (``{name: {axis: size}}``).
+    """Seeded tensors from ``specs`` (``export.inputs``); ``sizes`` overrides axes (``{name: {axis: size}}``).
 
-    Integers are uniform in ``[low, high)`` (default ``[0, 10)``); floats are uniform
-    in ``[low, high)`` when a range is given, else standard normal.
+    A range (``low``/``high``) draws uniformly in ``[low, high)``. Without one, names decide as a
+    tokenizer would fill them: ``*mask*`` integers and bools are right-padded masks, ``*type_ids``
+    zeros, ``position_ids`` ``arange``; other integers are in ``[0, 10)``, bools random, floats normal.
     """
     import torch
 
@@ -505,24 +822,38 @@ def generate_inputs(
         for axis, size in (sizes or {}).get(spec.name, {}).items():
             shape[int(axis)] = size
         dtype = getattr(torch, spec.dtype)
-        if dtype == torch.bool:
-            tensor = torch.randint(0, 2, shape, generator=generator).bool()
-        elif dtype.is_floating_point:
-            if spec.low is None and spec.high is None:
-                tensor = torch.randn(shape, generator=generator)
-            else:
-                low = 0.0 if spec.low is None else spec.low
-                high = low + 1.0 if spec.high is None else spec.high
-                tensor = torch.rand(shape, generator=generator) * (high - low) + low
-            tensor = tensor.to(dtype)
-        else:
-            low = int(_INTEGER_DEFAULT_RANGE[0] if spec.low is None else spec.low)
-            high = int(_INTEGER_DEFAULT_RANGE[1] if spec.high is None else spec.high)
-            if high <= low:
-                raise ConfigError(
-                    f"export.inputs[{spec.name}] has low={low} >= high={high}",
-                    fix="set high above low (high is exclusive for integer inputs)",
-                )
-            tensor = torch.randint(low, high, shape, generator=generator, dtype=dtype)
-        tensors[spec.name] = tensor
+        pattern = _pinned(spec, dtype) or _named_pattern(spec.name, dtype, bool(shape))
+        tensors[spec.name] = draw(pattern, shape, dtype, generator)
     return tensors
+
+
+def _pinned(spec: InputSpec, dtype: torch.dtype) -> ValuePattern | None:
+    """The uniform range ``spec`` pins, if it sets one."""
+    if spec.low is None and spec.high is None:
+        return None
+    if dtype.is_floating_point:
+        low = 0.0 if spec.low is None else spec.low
+        return ValuePattern("uniform", low, low + 1.0 if spec.high is None else spec.high)
+    low = int(_INTEGER_DEFAULT_RANGE[0] if spec.low is None else spec.low)
+    high = int(_INTEGER_DEFAULT_RANGE[1] if spec.high is None else spec.high)
+    if high <= low:
+        raise ConfigError(
+            f"export.inputs[{spec.name}] has low={low} >= high={high}",
+            fix="set high above low (high is exclusive for integer inputs)",
+        )
+    return ValuePattern("uniform", low, high)
+
+
+def _named_pattern(name: str, dtype: torch.dtype, has_axes: bool) -> ValuePattern:
+    import torch
+
+    leaf = name.rsplit(".", 1)[-1].lower()
+    if dtype.is_floating_point:
+        return ValuePattern("normal")
+    if "mask" in leaf and has_axes:
+        return ValuePattern("right_padded", 1)
+    if "type_ids" in leaf:
+        return ValuePattern("constant", 0)
+    if leaf == "position_ids" and has_axes:
+        return ValuePattern("positions", 0)
+    return ValuePattern("binary") if dtype == torch.bool else ValuePattern("uniform", *_INTEGER_DEFAULT_RANGE)

@@ -9,7 +9,9 @@ Checks run in order and each failure is its own :class:`~onnxport.errors.Validat
    count and in the names ``export`` gives them.
 4. Parity with eager PyTorch in float32 (TF32 off) over a shape matrix built from the
    graph's own symbolic dimensions: every dynamic axis at 1, the export size and a
-   larger size, with seeded inputs of the right dtypes (or the caller's real samples).
+   larger size, with seeded inputs shaped like the example's values (padded masks, type-id
+   segments, integer ranges: :func:`onnxport.inputs.generate_like`) or the caller's real samples.
+   A size eager PyTorch itself refuses is an :class:`~onnxport.errors.AxisNotDynamicError`.
 
 PyTorch's ``verify=True`` only warns and only at the export inputs; here a parity
 failure raises unless ``validation.on_mismatch`` is ``warn``.
@@ -30,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 
-from onnxport.config import ExportConfig, InputSpec, ValidationConfig, VariantConfig
+from onnxport.config import ExportConfig, ValidationConfig, VariantConfig
 from onnxport.errors import (
+    AxisNotDynamicError,
     CheckerError,
     ConfigError,
     InputError,
@@ -42,7 +45,7 @@ from onnxport.errors import (
     one_line,
 )
 from onnxport.hashing import artifact_sha256
-from onnxport.inputs import ModelInputs, flatten_outputs, generate_inputs, prepare_inputs
+from onnxport.inputs import ModelInputs, flatten_outputs, generate_like, prepare_inputs
 from onnxport.model_state import preserved_state, probe
 from onnxport.parity import compare, first_divergence, to_numpy
 from onnxport.progress import done, phase
@@ -88,6 +91,8 @@ def validate(
     Raises:
         CheckerError, SessionError, SignatureMismatchError: the file is broken or does not fit.
         ParityError (NonFiniteError for NaN/Inf): outputs differ and ``on_mismatch="fail"``.
+        AxisNotDynamicError (a ConfigError, exit 2): eager PyTorch itself refuses a size the graph's
+            dynamic axis allows, whatever ``on_mismatch`` says: the axis is not dynamic.
 
     Example::
 
@@ -145,11 +150,14 @@ def run_validation(
         _check_signature(path, graph_inputs, graph_outputs, example, config.output_names or output_names)
         axes = _dynamic_axes(graph_inputs, example)
         cases = [_Case(_label(axes.export_sizes), axes.export_sizes, example)]
-        cases += _generated_cases(example, axes, settings)
+        from onnxport.conventions import vocab_size
+
+        cases += _generated_cases(example, axes, settings, vocab_size(model))
         cases += [_sample_case(i, model, sample, axes, config) for i, sample in enumerate(samples or ())]
         tolerances = {name: _tolerance(settings, name) for name in graph_outputs}  # (atol, rtol, allow)
         runs = settings.latency_runs
         results = [_run_case(case, model, session, graph_outputs, tolerances, runs) for case in cases]
+        _refuse_sizes_the_model_rejects(model, example, axes, cases, results)
         divergence = _localize(path, model, cases, results, settings) if settings.localize else None
 
     report = ValidationReport(
@@ -326,6 +334,9 @@ class _Case:
     """The caller's data, not generated inputs."""
     expected: Optional[list[np.ndarray]] = None
     """The eager outputs, once computed (``None``: torch could not run this case)."""
+    seed: Optional[int] = None
+    """The seed of generated inputs; ``None`` for the example and the caller's samples."""
+    vocab: Optional[int] = None
 
 
 @dataclass
@@ -353,7 +364,9 @@ def _dynamic_axes(graph_inputs: list[Any], example: ModelInputs) -> _Axes:
     return _Axes(positions, export_sizes)
 
 
-def _generated_cases(example: ModelInputs, axes: _Axes, settings: ValidationConfig) -> list[_Case]:
+def _generated_cases(
+    example: ModelInputs, axes: _Axes, settings: ValidationConfig, vocab: Optional[int]
+) -> list[_Case]:
     """Vary one symbol at a time over its sizes, then all symbols at their largest size."""
     matrix: list[dict[str, int]] = []
     largest = {}
@@ -365,35 +378,73 @@ def _generated_cases(example: ModelInputs, axes: _Axes, settings: ValidationConf
         matrix.append(largest)
     cases = []
     for number, sizes in enumerate(matrix, start=1):
-        inputs = _random_inputs(example, axes, sizes, seed=settings.seed + number)
-        cases.append(_Case(_label(sizes), sizes, inputs))
+        inputs = _random_inputs(example, axes, sizes, settings.seed + number, vocab)
+        cases.append(_Case(_label(sizes), sizes, inputs, seed=settings.seed + number, vocab=vocab))
     return cases
 
 
-def _random_inputs(example: ModelInputs, axes: _Axes, sizes: dict[str, int], seed: int) -> ModelInputs:
-    """Seeded inputs like ``example`` with the dynamic axes resized, from ``inputs.generate_inputs``."""
-    tensors = example.tensors()
+def _random_inputs(
+    example: ModelInputs, axes: _Axes, sizes: dict[str, int], seed: int, vocab: Optional[int] = None
+) -> ModelInputs:
+    """Seeded inputs like ``example`` with the dynamic axes resized: values as the example shows them."""
     resized: dict[str, dict[int, int]] = {}
     for symbol, where in axes.positions.items():
         for index, axis in where:
             resized.setdefault(example.names[index], {})[axis] = sizes[symbol]
-    specs = [
-        spec_like(name, tensor, example.specs.get(name))
-        for name, tensor in zip(example.names, tensors, strict=True)
-    ]
-    generated = generate_inputs(specs, seed, resized)
-    return example.with_tensors(
-        [generated[name].to(tensor.device) for name, tensor in zip(example.names, tensors, strict=True)]
+    return generate_like(example, resized, seed, vocab_size=vocab)
+
+
+def _refuse_sizes_the_model_rejects(
+    model: Any, example: ModelInputs, axes: _Axes, cases: list[_Case], results: list[CaseResult]
+) -> None:
+    """Raise :class:`AxisNotDynamicError` when eager PyTorch fails at a generated size.
+
+    The same generated values at the export sizes tell the two causes apart: if the model runs on
+    them, the sizes are what it refuses (the axis is not dynamic); if not, the values are, and the
+    case stays a failed case of the report.
+    """
+    for case, result in zip(cases, results, strict=True):
+        if case.seed is None or not (result.error or "").startswith("torch raised"):
+            continue
+        at_export = _random_inputs(example, axes, axes.export_sizes, case.seed, case.vocab)
+        try:
+            at_export.call(model)
+        except Exception:
+            continue  # the generated values, not the sizes, are what the model refuses
+        changed = {s: n for s, n in case.sizes.items() if n != axes.export_sizes[s]}
+        raise AxisNotDynamicError(
+            f"the model does not accept {' with '.join(f'{s} = {n}' for s, n in changed.items())}: "
+            f"{'this axis is' if len(changed) == 1 else 'these axes are'} not dynamic "
+            f"({'; '.join(_where(example, axes, s) for s in changed)}; at {case.label} {result.error})",
+            fix=_static_fix(example, axes, changed),
+            axes=changed,
+        )
+
+
+def _where(example: ModelInputs, axes: _Axes, symbol: str) -> str:
+    places = ", ".join(f"{example.names[index]} axis {axis}" for index, axis in axes.positions[symbol])
+    return f"{symbol} is {places}"
+
+
+def _static_fix(example: ModelInputs, axes: _Axes, changed: dict[str, int]) -> str:
+    """The settings that keep the refused axes static (the inputs' other axes stay), or other sizes."""
+    kept: dict[str, dict[int, str]] = {}
+    for symbol, where in axes.positions.items():
+        for index, axis in where:
+            entry = kept.setdefault(example.names[index], {})
+            if symbol not in changed:
+                entry[axis] = symbol
+    touched = sorted({example.names[index] for symbol in changed for index, _ in axes.positions[symbol]})
+    setting = ", ".join(f"{name}: {_axis_text(kept[name])}" for name in touched)
+    batch = " (or export.dynamic_batch=false)" if set(changed) == {"batch"} else ""
+    return (
+        f"keep the axis static with export.dynamic_axes={{{setting}}}{batch}, or list the sizes the "
+        "model takes in export.validation.sizes"
     )
 
 
-def spec_like(name: str, tensor: torch.Tensor, spec: Optional[InputSpec]) -> InputSpec:
-    """The example's shape and dtype; the configured value range, else integers stay in the example's."""
-    low, high = (spec.low, spec.high) if spec is not None else (None, None)
-    integer = not tensor.is_floating_point() and tensor.dtype != torch.bool
-    if integer and low is None and high is None and tensor.numel():
-        low, high = tensor.min().item(), tensor.max().item() + 1
-    return InputSpec(name, list(tensor.shape), str(tensor.dtype).removeprefix("torch."), low, high)
+def _axis_text(mapping: dict[int, str]) -> str:
+    return "{" + ", ".join(f"{axis}: {name}" for axis, name in sorted(mapping.items())) + "}"
 
 
 def _label(sizes: dict[str, int]) -> str:
