@@ -84,6 +84,13 @@ class OnnxExportCallback(Callback):
     batch gives the entries whose keys name ``forward`` parameters, or the whole dict
     when none do (``forward`` takes one dict).
 
+    Variants (``variants=[...]``, see :class:`~onnxport.config.VariantConfig`) are made from the
+    run's own data: a static int8 variant without ``calibration.npz`` / ``datamodule``
+    calibrates on the first ``calibration.batches`` batches of the ``calibration.split`` loader
+    (``val`` by default), and int8 variants are also judged on the first batches of the val
+    loader unless ``validation.data`` is set; both drawn like the first train batch, leaving the
+    training RNG and the loader's own generator as they were.
+
     Under DDP the export and its validation run once, on global rank 0, while the other
     ranks wait; if rank 0 fails, every rank raises. Like ``ModelCheckpoint``, the callback
     does nothing under ``fast_dev_run`` or while the Trainer runs its sanity check. Each phase
