@@ -26,7 +26,7 @@ config: ExportConfig) -> Path``: it reads the raw export (weights inline, or in 
 data file its header references) and writes its result into ``staging``, returning the new
 raw path. The line goes between the export and the layout steps of :func:`export`::
 
-    run, raw = _export(model, inputs, staging, config)
+    run, raw = _export(model, inputs, staging, config, output)
     raw = quantize.transform(raw, staging, config)  # <- the new step
     layouts = _stage_layouts(raw, output, staging, run, config, weights_sha256(model))
 
@@ -142,7 +142,7 @@ def export(
         with phase("export"):
             weights = start_weights_sha256(model)  # hashed while torch.onnx exports
             inputs = _prepare_inputs(model, example_inputs, config)
-            run, raw = _export(model, inputs, staging, config)
+            run, raw = _export(model, inputs, staging, config, output)
             layouts = _stage_layouts(raw, output, staging, run, config, weights.result())
         validation = _validate(layouts, model, inputs, config, output)  # phases check, validate
         with phase("publish"):
@@ -164,11 +164,14 @@ def _prepare_inputs(model: Any, example_inputs: Any, config: ExportConfig) -> Mo
     return prepare_inputs(model, example_inputs, config)
 
 
-def _export(model: Any, inputs: ModelInputs, staging: Path, config: ExportConfig) -> tuple[ExporterRun, Path]:
+def _export(
+    model: Any, inputs: ModelInputs, staging: Path, config: ExportConfig, output: Path
+) -> tuple[ExporterRun, Path]:
     from onnxport.exporters import run_exporter
 
     raw = staging / "exported.onnx"
-    return run_exporter(model, inputs, raw, config), raw
+    # a failed attempt's log goes beside the output (<stem>.rejected.<exporter>.log), not into staging
+    return run_exporter(model, inputs, raw, config, logs_beside=output), raw
 
 
 def _stage_layouts(
