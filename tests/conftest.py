@@ -238,3 +238,41 @@ def train_template(project: Path, overrides: list[str] | tuple[str, ...] = ()) -
         _, objects = train(compose_template(project, ["test=False", *overrides]))
         _forget_template_modules()
     return objects
+
+
+def tiny_transformer(kind: str) -> nn.Module:
+    """A transformers model from a tiny config (hidden 32, 2 layers, vocabulary 100), random weights."""
+    import transformers
+
+    torch.manual_seed(0)
+    small = {"vocab_size": 100, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
+    if kind == "bert":
+        model = transformers.BertModel(transformers.BertConfig(hidden_size=32, **small))
+    elif kind == "clip":
+        model = transformers.CLIPTextModel(transformers.CLIPTextConfig(hidden_size=32, **small))
+    elif kind == "llama":
+        config = transformers.LlamaConfig(hidden_size=32, num_key_value_heads=2, **small)
+        model = transformers.LlamaForCausalLM(config)
+    elif kind == "gpt2":
+        model = transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2)
+        )
+    elif kind == "t5-encoder":
+        config = transformers.T5Config(
+            vocab_size=100, d_model=32, d_kv=16, d_ff=37, num_layers=2, num_heads=2
+        )
+        model = transformers.T5EncoderModel(config)
+    else:
+        raise ValueError(kind)
+    return model.eval()
+
+
+def token_batch(batch: int = 2, length: int = 8, *, padded: str = "right") -> dict[str, torch.Tensor]:
+    """input_ids and an attention mask as a tokenizer pads them: the second row 3 tokens short."""
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if padded == "right":
+        mask[1:, length - 3 :] = 0
+    elif padded == "left":
+        mask[1:, :3] = 0
+    return {"input_ids": torch.randint(0, 100, (batch, length), generator=generator), "attention_mask": mask}

@@ -15,8 +15,11 @@ from onnxport.config import ExportConfig, InputSpec
 from onnxport.errors import ConfigError, InputError
 from onnxport.inputs import (
     ModelInputs,
+    ValuePattern,
     flatten_outputs,
     generate_inputs,
+    generate_like,
+    pattern_of,
     prepare_inputs,
     resolve_dynamic_axes,
 )
@@ -291,6 +294,105 @@ def test_generated_inputs_are_seeded_ranged_and_resizable():
 def test_an_empty_integer_range_is_a_config_error():
     with pytest.raises(ConfigError, match=r"export.inputs\[ids\] has low=5 >= high=5"):
         generate_inputs([InputSpec(name="ids", shape=[2], dtype="int64", low=5, high=5)], seed=0)
+
+
+def test_generated_inputs_follow_the_names_a_tokenizer_fills_when_no_range_pins_them():
+    specs = [
+        InputSpec(name="input_ids", shape=[4, 6], dtype="int64"),
+        InputSpec(name="attention_mask", shape=[4, 6], dtype="int64"),
+        InputSpec(name="token_type_ids", shape=[4, 6], dtype="int64"),
+        InputSpec(name="position_ids", shape=[4, 6], dtype="int64"),
+        InputSpec(name="attention_mask_pinned", shape=[4, 6], dtype="int64", low=0, high=2),
+    ]
+    generated = generate_inputs(specs, seed=3)
+    assert int(generated["input_ids"].min()) >= 0 and int(generated["input_ids"].max()) < 10
+    assert is_padded(generated["attention_mask"], right=True)
+    assert not generated["token_type_ids"].any()
+    assert torch.equal(generated["position_ids"], torch.arange(6).expand(4, 6))
+    assert set(generated["attention_mask_pinned"].unique().tolist()) <= {0, 1}  # the range pins it
+
+
+# -- values like the example's --------------------------------------------------------------
+
+
+def is_padded(mask: torch.Tensor, *, right: bool) -> bool:
+    """Every row a run of ones at the start (right padding) or the end (left padding), never empty."""
+    rows = mask.long().reshape(-1, mask.shape[-1])
+    steps = rows.diff(dim=1)
+    ordered = bool((steps <= 0).all()) if right else bool((steps >= 0).all())
+    return ordered and bool((rows.sum(dim=1) > 0).all())
+
+
+def like(example: dict, sizes: dict, seed: int = 0, **options) -> dict[str, torch.Tensor]:
+    inputs = ModelInputs((), example, list(example))
+    generated = generate_like(inputs, sizes, seed, **options)
+    return dict(zip(inputs.names, generated.tensors(), strict=True))
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_a_padded_mask_stays_padded_with_row_lengths_varied_and_no_empty_row(right):
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]) if right else torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    for dtype in (torch.int64, torch.bool):
+        generated = like({"attention_mask": mask.to(dtype)}, {"attention_mask": {0: 64, 1: 9}})[
+            "attention_mask"
+        ]
+        assert generated.dtype == dtype and generated.shape == (64, 9)
+        assert is_padded(generated, right=right)
+        lengths = generated.long().sum(dim=1)
+        assert int(lengths[0]) == 9 and len(lengths.unique()) > 3  # one full row, the others varied
+
+
+def test_a_full_mask_becomes_right_padded_and_an_empty_row_stays_possible_only_for_padding_flags():
+    full = like({"attention_mask": torch.ones(2, 5, dtype=torch.long)}, {"attention_mask": {0: 32}})
+    assert is_padded(full["attention_mask"], right=True)
+    # PyTorch's key_padding_mask marks padding with True: a row with no True is the unpadded one
+    flags = torch.tensor([[False, False, False], [False, True, True]])
+    generated = like({"key_padding_mask": flags}, {"key_padding_mask": {0: 32}})["key_padding_mask"]
+    assert bool((~generated).any(dim=1).all())  # never a row that is all padding
+    assert not bool(generated[0].any())
+
+
+def test_type_ids_keep_their_segments_and_position_ids_stay_a_range():
+    example = {
+        "token_type_ids": torch.tensor([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]),
+        "zeros_type_ids": torch.zeros(2, 5, dtype=torch.long),
+        "position_ids": torch.arange(5).expand(2, 5),
+    }
+    sizes = {name: {0: 16, 1: 8} for name in example}
+    generated = like(example, sizes)
+    segments = generated["token_type_ids"]
+    assert bool((segments.diff(dim=1) >= 0).all()) and set(segments.unique().tolist()) == {0, 1}
+    assert bool((segments[:, 0] == 0).all())  # the first segment is never empty
+    assert not generated["zeros_type_ids"].any()
+    assert torch.equal(generated["position_ids"], torch.arange(8).expand(16, 8))
+
+
+def test_integers_stay_in_the_observed_range_and_token_ids_below_the_vocabulary():
+    example = {"input_ids": torch.tensor([[3, 40], [7, 120]]), "labels": torch.tensor([2, 5])}
+    generated = like(example, {"input_ids": {0: 50, 1: 20}, "labels": {0: 50}}, vocab_size=100)
+    assert int(generated["input_ids"].min()) >= 3 and int(generated["input_ids"].max()) < 100
+    assert int(generated["labels"].min()) >= 2 and int(generated["labels"].max()) <= 5
+    floats = like({"x": torch.randn(2, 3)}, {"x": {0: 4}})["x"]
+    assert floats.shape == (4, 3) and floats.dtype == torch.float32
+
+
+def test_a_range_in_export_inputs_pins_the_values_and_generation_is_seeded():
+    inputs = ModelInputs((), {"attention_mask": torch.ones(2, 4, dtype=torch.long)}, ["attention_mask"])
+    pinned = dataclasses.replace(
+        inputs, specs={"attention_mask": InputSpec("attention_mask", [2, 4], "int64", 5, 7)}
+    )
+    assert set(generate_like(pinned, {}, 0).tensors()[0].unique().tolist()) <= {5, 6}
+    first, again = (generate_like(inputs, {"attention_mask": {0: 8}}, 4).tensors()[0] for _ in range(2))
+    assert torch.equal(first, again)
+
+
+def test_patterns_read_from_examples():
+    assert pattern_of("x", torch.randn(2, 3)) == ValuePattern("normal")
+    assert pattern_of("flag", torch.tensor([[1, 0], [0, 1]], dtype=torch.bool)) == ValuePattern("binary")
+    assert pattern_of("ids", torch.tensor([4, 4])) == ValuePattern("constant", 4)
+    assert pattern_of("mask", torch.tensor([[1, 0, 1], [1, 1, 1]])) == ValuePattern("binary", 1)
+    assert pattern_of("mask", torch.tensor([[0, 1], [1, 1]])).kind == "left_padded"
+    assert pattern_of("level", torch.tensor(3)) == ValuePattern("constant", 3)
 
 
 # -- the same order through every door (the callback's case is in test_callback.py) -----------

@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from conftest import TinyCNN, TinyMLP, TokenClassifier, TwoInputs, run_onnx
+from conftest import TinyCNN, TinyMLP, TokenClassifier, TwoInputs, run_onnx, tiny_transformer, token_batch
 from onnxport import validate
 from onnxport.config import InputSpec
 from onnxport.errors import (
@@ -422,6 +422,23 @@ def test_integer_token_ids_are_generated_within_the_spec_range(tmp_path):
     beyond = [InputSpec(name="input_ids", shape=[2, 6], dtype="int64", low=50, high=60)]
     with pytest.raises(ParityError, match="torch raised IndexError"):
         validate(path, model, ids, inputs=beyond, validation={"latency_runs": 0})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "padded"), [("clip", "right"), ("bert", "left")])
+def test_text_models_with_padded_masks_validate(tmp_path, kind, padded):
+    """Generated masks stay padded as the example's: CLIP's text model attends causally, and the
+    random 0/1 masks validation drew left rows with nothing to attend, where the exported graph
+    averages and eager PyTorch gives 0 (issue 14). Left padding leaves such rows in a causal model
+    whatever validation draws: the example's own padded positions differ, so BERT shows that side.
+    """
+    import onnxport
+
+    model = tiny_transformer(kind)
+    result = onnxport.export(
+        model, token_batch(padded=padded), tmp_path / f"{kind}.onnx", validation={"latency_runs": 0}
+    )
+    assert result.validation.passed and len(result.validation.cases) >= 3
 
 
 def test_dict_inputs_validate(tmp_path):

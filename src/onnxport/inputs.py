@@ -486,15 +486,181 @@ def _axis_map(name: str, spec: Any, rank: int | None) -> dict[int, str]:
 
 
 # -- generated inputs ---------------------------------------------------------------------
+#
+# Validation (and the batch probe) needs inputs beyond the example: the same structure at other
+# sizes. Their values follow what the example shows, read per row along its last axis, because
+# outputs on values no tokenizer produces test nothing: a random 0/1 attention mask leaves whole
+# rows of a causal model attending to no token, where eager PyTorch and the exported graph
+# disagree on what an empty softmax gives (issue 14: CLIP's text model, max differences 2.6-4.0).
+
+
+@dataclass(frozen=True)
+class ValuePattern:
+    """How the values of one input are drawn, at any shape; :func:`pattern_of` reads one from an example."""
+
+    kind: str
+    """``normal`` (standard normal), ``uniform`` in ``[low, high)``, ``constant`` (every value ``low``),
+    ``right_padded`` / ``left_padded`` (per row a prefix / suffix run of ones, at least ``low`` long,
+    the first row padded least), ``segments`` (per row nondecreasing runs of ``low`` .. ``high - 1``,
+    as token type ids), ``positions`` (``low + arange`` along the last axis) or ``binary`` (random 0/1;
+    ``low`` ones per row at least)."""
+    low: float = 0
+    high: float = 0
+
+
+def pattern_of(name: str, tensor: torch.Tensor, vocab_size: int | None = None) -> ValuePattern:
+    """The :class:`ValuePattern` that draws values like ``tensor``'s (the example input ``name``).
+
+    Integers stay in the example's observed range, token ids (``*input_ids``) below ``vocab_size``;
+    0/1 masks keep right or left padding (per row a run of ones, never a row of zeros); type ids keep
+    their segments (all zeros stays zeros); position ids stay ``arange``; floats are standard normal.
+
+    >>> import torch
+    >>> pattern_of("attention_mask", torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    ValuePattern(kind='right_padded', low=1, high=0)
+    >>> pattern_of("input_ids", torch.tensor([[5, 9], [7, 99]]), vocab_size=50)
+    ValuePattern(kind='uniform', low=5, high=50)
+    """
+    import torch
+
+    from onnxport.conventions import is_token_ids
+
+    leaf = name.rsplit(".", 1)[-1].lower()
+    masky, typey = "mask" in leaf, "type_ids" in leaf or "segment" in leaf
+    values = tensor.detach()
+    if values.numel() == 0:
+        return (
+            ValuePattern("normal")
+            if values.is_floating_point()
+            else ValuePattern("uniform", *_INTEGER_DEFAULT_RANGE)
+        )
+    binary = bool(((values == 0) | (values == 1)).all())
+    if values.is_floating_point() or values.is_complex():
+        return (
+            _mask_pattern(values, masky=True) if masky and binary and values.dim() else ValuePattern("normal")
+        )
+    low, high = int(values.min()), int(values.max())
+    if low == high:  # all zeros stays zeros; a full mask becomes padded rows of varied lengths
+        return (
+            ValuePattern("right_padded", 1)
+            if masky and low == 1 and values.dim()
+            else ValuePattern("constant", low)
+        )
+    if values.dim() == 0:
+        return ValuePattern("uniform", low, high + 1)
+    rows = values.reshape(-1, values.shape[-1]).long()
+    steps = rows.diff(dim=1)
+    marked = masky or values.dtype == torch.bool or (values.dim() >= 2 and bool((steps <= 0).all()))
+    if binary and not typey and marked:
+        return _mask_pattern(values, masky=masky)
+    if values.dim() >= 2 and rows.shape[1] > 1:
+        if bool((steps == 1).all()):
+            return ValuePattern("positions", int(rows[:, 0].min()))
+        if bool((steps >= 0).all()) and (typey or binary):
+            return ValuePattern("segments", low, high + 1)
+    if vocab_size is not None and is_token_ids(name) and low < vocab_size:
+        high = min(high, vocab_size - 1)
+    return ValuePattern("uniform", low, high + 1)
+
+
+def _mask_pattern(values: torch.Tensor, *, masky: bool) -> ValuePattern:
+    """Right padding (rows of ones then zeros), left padding (zeros then ones) or random 0/1.
+
+    A row of ones may be empty only where the example has one and no full row: then the ones mark
+    padding (PyTorch's ``key_padding_mask``) and it is a full row that would leave nothing to attend.
+    """
+    rows = (values.reshape(-1, values.shape[-1]) != 0).long()
+    counts = rows.sum(dim=1)
+    full = rows.shape[1]
+    inverted = bool((counts == 0).any()) and not bool((counts == full).any())
+    least = 0 if inverted else 1
+    steps = rows.diff(dim=1)
+    if bool((steps <= 0).all()):
+        return ValuePattern("right_padded", least)
+    if bool((steps >= 0).all()):
+        return ValuePattern("left_padded", least)
+    return ValuePattern("binary", 1 if masky else 0)
+
+
+def draw(
+    pattern: ValuePattern, shape: Sequence[int], dtype: torch.dtype, generator: torch.Generator
+) -> torch.Tensor:
+    """A seeded tensor of ``shape`` and ``dtype`` whose values follow ``pattern``."""
+    import torch
+
+    shape = list(shape)
+    kind = pattern.kind if shape or pattern.kind in ("normal", "uniform", "constant") else "uniform"
+    length = shape[-1] if shape else 1
+    rows = max(1, int(torch.Size(shape[:-1]).numel())) if shape else 1
+    if kind == "normal":
+        tensor = torch.randn(shape, generator=generator)
+    elif kind == "constant":
+        tensor = torch.full(shape, pattern.low, dtype=torch.float64)
+    elif kind == "uniform" and (dtype.is_floating_point or dtype.is_complex):
+        tensor = (
+            torch.rand(shape, generator=generator, dtype=torch.float64) * (pattern.high - pattern.low)
+            + pattern.low
+        )
+    elif kind == "uniform":
+        tensor = torch.randint(int(pattern.low), int(pattern.high), shape, generator=generator)
+    elif kind in ("right_padded", "left_padded"):
+        least = int(pattern.low)
+        most = length if least else length - 1
+        counts = torch.randint(least, max(least, most) + 1, (rows,), generator=generator)
+        counts[0] = most if least else least  # one row as long as the batch, as a tokenizer pads
+        ones = counts.clamp(0, length)[:, None]
+        position = torch.arange(length)[None, :]
+        tensor = position < ones if kind == "right_padded" else position >= length - ones
+    elif kind == "segments":
+        cuts = torch.randint(
+            1, length + 1, (rows, max(0, int(pattern.high - pattern.low) - 1)), generator=generator
+        )
+        position = torch.arange(length)[None, :, None]
+        tensor = pattern.low + (position >= cuts.sort(dim=1).values[:, None, :]).sum(dim=-1)
+    elif kind == "positions":
+        tensor = (pattern.low + torch.arange(length)).expand(rows, length)
+    else:  # binary
+        tensor = torch.randint(0, 2, (rows, length), generator=generator)
+        if pattern.low:  # never a row of zeros in a mask
+            tensor[tensor.sum(dim=1) == 0, 0] = 1
+    tensor = tensor.reshape(shape)
+    return tensor != 0 if dtype == torch.bool else tensor.to(dtype)
+
+
+def generate_like(
+    example: ModelInputs,
+    sizes: Mapping[str, Mapping[int, int]],
+    seed: int,
+    *,
+    vocab_size: int | None = None,
+) -> ModelInputs:
+    """Seeded inputs like ``example``'s with axes resized (``{name: {axis: size}}``).
+
+    An ``export.inputs`` range pins an input's values; the others follow :func:`pattern_of`.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = []
+    for name, tensor in zip(example.names, example.tensors(), strict=True):
+        shape = list(tensor.shape)
+        for axis, size in sizes.get(name, {}).items():
+            shape[int(axis)] = size
+        spec = example.specs.get(name)
+        pattern = _pinned(spec, tensor.dtype) if spec is not None else None
+        pattern = pattern or pattern_of(name, tensor, vocab_size)
+        tensors.append(draw(pattern, shape, tensor.dtype, generator).to(tensor.device))
+    return example.with_tensors(tensors)
 
 
 def generate_inputs(
     specs: list[InputSpec], seed: int, sizes: dict[str, dict[int, int]] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Seeded tensors from ``specs``; ``sizes`` overrides axes (``{name: {axis: size}}``).
+    """Seeded tensors from ``specs`` (``export.inputs``); ``sizes`` overrides axes (``{name: {axis: size}}``).
 
-    Integers are uniform in ``[low, high)`` (default ``[0, 10)``); floats are uniform
-    in ``[low, high)`` when a range is given, else standard normal.
+    A range (``low``/``high``) draws uniformly in ``[low, high)``. Without one, names decide as a
+    tokenizer would fill them: ``*mask*`` integers and bools are right-padded masks, ``*type_ids``
+    zeros, ``position_ids`` ``arange``; other integers are in ``[0, 10)``, bools random, floats normal.
     """
     import torch
 
@@ -505,24 +671,38 @@ def generate_inputs(
         for axis, size in (sizes or {}).get(spec.name, {}).items():
             shape[int(axis)] = size
         dtype = getattr(torch, spec.dtype)
-        if dtype == torch.bool:
-            tensor = torch.randint(0, 2, shape, generator=generator).bool()
-        elif dtype.is_floating_point:
-            if spec.low is None and spec.high is None:
-                tensor = torch.randn(shape, generator=generator)
-            else:
-                low = 0.0 if spec.low is None else spec.low
-                high = low + 1.0 if spec.high is None else spec.high
-                tensor = torch.rand(shape, generator=generator) * (high - low) + low
-            tensor = tensor.to(dtype)
-        else:
-            low = int(_INTEGER_DEFAULT_RANGE[0] if spec.low is None else spec.low)
-            high = int(_INTEGER_DEFAULT_RANGE[1] if spec.high is None else spec.high)
-            if high <= low:
-                raise ConfigError(
-                    f"export.inputs[{spec.name}] has low={low} >= high={high}",
-                    fix="set high above low (high is exclusive for integer inputs)",
-                )
-            tensor = torch.randint(low, high, shape, generator=generator, dtype=dtype)
-        tensors[spec.name] = tensor
+        pattern = _pinned(spec, dtype) or _named_pattern(spec.name, dtype, bool(shape))
+        tensors[spec.name] = draw(pattern, shape, dtype, generator)
     return tensors
+
+
+def _pinned(spec: InputSpec, dtype: torch.dtype) -> ValuePattern | None:
+    """The uniform range ``spec`` pins, if it sets one."""
+    if spec.low is None and spec.high is None:
+        return None
+    if dtype.is_floating_point:
+        low = 0.0 if spec.low is None else spec.low
+        return ValuePattern("uniform", low, low + 1.0 if spec.high is None else spec.high)
+    low = int(_INTEGER_DEFAULT_RANGE[0] if spec.low is None else spec.low)
+    high = int(_INTEGER_DEFAULT_RANGE[1] if spec.high is None else spec.high)
+    if high <= low:
+        raise ConfigError(
+            f"export.inputs[{spec.name}] has low={low} >= high={high}",
+            fix="set high above low (high is exclusive for integer inputs)",
+        )
+    return ValuePattern("uniform", low, high)
+
+
+def _named_pattern(name: str, dtype: torch.dtype, has_axes: bool) -> ValuePattern:
+    import torch
+
+    leaf = name.rsplit(".", 1)[-1].lower()
+    if dtype.is_floating_point:
+        return ValuePattern("normal")
+    if "mask" in leaf and has_axes:
+        return ValuePattern("right_padded", 1)
+    if "type_ids" in leaf:
+        return ValuePattern("constant", 0)
+    if leaf == "position_ids" and has_axes:
+        return ValuePattern("positions", 0)
+    return ValuePattern("binary") if dtype == torch.bool else ValuePattern("uniform", *_INTEGER_DEFAULT_RANGE)

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 
-from onnxport.config import ExportConfig, InputSpec, ValidationConfig
+from onnxport.config import ExportConfig, ValidationConfig
+from onnxport.conventions import vocab_size
 from onnxport.errors import (
     CheckerError,
     ConfigError,
@@ -42,7 +43,7 @@ from onnxport.errors import (
     one_line,
 )
 from onnxport.hashing import artifact_sha256
-from onnxport.inputs import ModelInputs, flatten_outputs, generate_inputs, prepare_inputs
+from onnxport.inputs import ModelInputs, flatten_outputs, generate_like, prepare_inputs
 from onnxport.model_state import preserved_state, probe
 from onnxport.parity import compare, first_divergence, to_numpy
 from onnxport.progress import done, phase
@@ -148,7 +149,7 @@ def run_validation(
         if samples:
             cases += [_sample_case(i, model, sample, axes, config) for i, sample in enumerate(samples)]
         else:
-            cases += _generated_cases(example, axes, settings)
+            cases += _generated_cases(example, axes, settings, vocab_size(model))
         tolerances = {name: _tolerance(settings, name) for name in graph_outputs}  # (atol, rtol, allow)
         runs = settings.latency_runs
         results = [_run_case(case, model, session, graph_outputs, tolerances, runs) for case in cases]
@@ -340,7 +341,9 @@ def _dynamic_axes(graph_inputs: list[Any], example: ModelInputs) -> _Axes:
     return _Axes(positions, export_sizes)
 
 
-def _generated_cases(example: ModelInputs, axes: _Axes, settings: ValidationConfig) -> list[_Case]:
+def _generated_cases(
+    example: ModelInputs, axes: _Axes, settings: ValidationConfig, vocab: Optional[int]
+) -> list[_Case]:
     """Vary one symbol at a time over its sizes, then all symbols at their largest size."""
     matrix: list[dict[str, int]] = []
     largest = {}
@@ -352,35 +355,20 @@ def _generated_cases(example: ModelInputs, axes: _Axes, settings: ValidationConf
         matrix.append(largest)
     cases = []
     for number, sizes in enumerate(matrix, start=1):
-        inputs = _random_inputs(example, axes, sizes, seed=settings.seed + number)
+        inputs = _random_inputs(example, axes, sizes, settings.seed + number, vocab)
         cases.append(_Case(_label(sizes), sizes, inputs))
     return cases
 
 
-def _random_inputs(example: ModelInputs, axes: _Axes, sizes: dict[str, int], seed: int) -> ModelInputs:
-    """Seeded inputs like ``example`` with the dynamic axes resized, from ``inputs.generate_inputs``."""
-    tensors = example.tensors()
+def _random_inputs(
+    example: ModelInputs, axes: _Axes, sizes: dict[str, int], seed: int, vocab: Optional[int]
+) -> ModelInputs:
+    """Seeded inputs like ``example`` with the dynamic axes resized: values as the example shows them."""
     resized: dict[str, dict[int, int]] = {}
     for symbol, where in axes.positions.items():
         for index, axis in where:
             resized.setdefault(example.names[index], {})[axis] = sizes[symbol]
-    specs = [
-        _spec_like(name, tensor, example.specs.get(name))
-        for name, tensor in zip(example.names, tensors, strict=True)
-    ]
-    generated = generate_inputs(specs, seed, resized)
-    return example.with_tensors(
-        [generated[name].to(tensor.device) for name, tensor in zip(example.names, tensors, strict=True)]
-    )
-
-
-def _spec_like(name: str, tensor: torch.Tensor, spec: Optional[InputSpec]) -> InputSpec:
-    """The example's shape and dtype; the configured value range, else integers stay in the example's."""
-    low, high = (spec.low, spec.high) if spec is not None else (None, None)
-    integer = not tensor.is_floating_point() and tensor.dtype != torch.bool
-    if integer and low is None and high is None and tensor.numel():
-        low, high = tensor.min().item(), tensor.max().item() + 1
-    return InputSpec(name, list(tensor.shape), str(tensor.dtype).removeprefix("torch."), low, high)
+    return generate_like(example, resized, seed, vocab_size=vocab)
 
 
 def _label(sizes: dict[str, int]) -> str:
