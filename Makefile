@@ -42,9 +42,10 @@ test: setup vision
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_WORKERS) -m "not slow"
 
-# BENCH=large adds the 2.3 GB MLP (minutes, ~8 GB of memory); BENCH=all runs every model.
+# BENCH=large adds the 2.3 GB MLP (minutes, ~8 GB of memory); BENCH=all runs every model; BENCH=arch
+# only the real architectures (issue 14; SSDlite runs in .venv-vision, so bench needs it too).
 BENCH ?= default
-bench: setup
+bench: setup vision
 	PATH="$(abspath $(BIN)):$$PATH" BENCH=$(BENCH) $(BIN)/python -m benchmarks.run
 
 lint: setup
