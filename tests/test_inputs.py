@@ -269,6 +269,56 @@ def test_dynamic_axes_for_an_unknown_name_or_axis_are_config_errors():
         resolve_dynamic_axes(inputs, ["output"], ExportConfig.coerce(None, dynamic_axes={"x": {2: "b"}}))
 
 
+class Unbatched(nn.Module):
+    """Takes a list of 3xHxW images, as torchvision's detection models do: axis 0 is the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([self.conv(image.unsqueeze(0)).mean() for image in images])
+
+
+class WithTable(nn.Module):
+    """A batch ``x`` and a lookup ``table`` whose axis 0 is not the batch; the output sums over the batch."""
+
+    def forward(self, x: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x @ table.T, x.sum(dim=0)
+
+
+def test_axis_0_stays_static_where_the_model_does_not_run_with_it_changed(caplog):
+    model = Unbatched().eval()
+    inputs = prepare(model, ([torch.randn(3, 8, 8), torch.randn(3, 8, 8)],))
+    with caplog.at_level("INFO", logger="onnxport.inputs"):
+        axes = resolve_dynamic_axes(inputs, ["output"], ExportConfig(), [torch.zeros(2)], model=model)
+    assert axes == {}
+    [line] = [record.getMessage() for record in caplog.records]
+    assert "axis 0 of images.0, images.1" in line and "Unbatched raised RuntimeError" in line
+
+
+def test_only_inputs_of_the_batch_size_and_outputs_that_follow_the_batch_are_dynamic(caplog):
+    model = WithTable().eval()
+    x, table = torch.randn(4, 3), torch.randn(5, 3)
+    inputs = prepare(model, (x, table))
+    outputs = list(model(x, table))  # sum: shape (3,), the batch is 4
+    with caplog.at_level("INFO", logger="onnxport.inputs"):
+        axes = resolve_dynamic_axes(inputs, ["scores", "sum"], ExportConfig(), outputs, model=model)
+    assert axes == {"x": {0: "batch"}, "scores": {0: "batch"}}
+    assert "axis 0 of table (size 5, the batch is 4)" in caplog.text
+    # the user's word wins: dynamic_axes is not probed
+    config = ExportConfig.coerce(None, dynamic_axes={"table": {0: "rows"}})
+    assert resolve_dynamic_axes(inputs, ["scores", "sum"], config, outputs, model=model)["table"] == {
+        0: "rows"
+    }
+
+
+def test_an_unbatched_image_list_exports_static_and_validates(tmp_path):
+    model = Unbatched().eval()
+    result = onnxport.export(model, ([torch.randn(3, 8, 8), torch.randn(3, 8, 8)],), tmp_path / "m.onnx")
+    assert result.dynamic_axes == {} and result.validation.passed
+
+
 # -- generated inputs -----------------------------------------------------------------------
 
 

@@ -13,10 +13,12 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
+import onnxport
 from conftest import TinyCNN, TinyMLP, TokenClassifier, TwoInputs, run_onnx, tiny_transformer, token_batch
 from onnxport import validate
 from onnxport.config import InputSpec
 from onnxport.errors import (
+    AxisNotDynamicError,
     CheckerError,
     ConfigError,
     InputError,
@@ -138,19 +140,21 @@ def test_real_samples_replace_the_generated_inputs(mlp_file):
     assert report.passed
 
 
+class Independent(nn.Module):
+    """Two inputs whose first axes never meet, so each may have a size of its own."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2, y.sum(dim=-1)
+
+
 def test_every_axis_is_varied_alone_and_all_together(tmp_path):
-    torch.manual_seed(0)
-    model, x, y = TwoInputs().eval(), torch.randn(2, 4), torch.randn(2, 4)
+    model, x, y = Independent(), torch.randn(2, 4), torch.randn(2, 4)
+    dynamic = {"x": {0: "batch"}, "y": {0: "rows"}, "output_0": {0: "batch"}, "output_1": {0: "rows"}}
     path = torchscript_export(
-        model,
-        (x, y),
-        tmp_path / "two.onnx",
-        ["x", "y"],
-        outputs=("output_0", "output_1"),
-        dynamic={"x": {0: "batch"}, "y": {0: "rows"}, "output_0": {0: "batch"}, "output_1": {0: "batch"}},
+        model, (x, y), tmp_path / "two.onnx", ["x", "y"], ("output_0", "output_1"), dynamic
     )
 
-    report = validate(path, model, (x, y), validation={"latency_runs": 0, "on_mismatch": "warn"})
+    report = validate(path, model, (x, y), validation={"latency_runs": 0})
 
     labels = [case.label for case in report.cases]
     assert labels == [
@@ -161,10 +165,44 @@ def test_every_axis_is_varied_alone_and_all_together(tmp_path):
         "batch=2,rows=5",
         "batch=5,rows=5",
     ]
-    # x + y broadcasts 1 against 2 but not 5 against 2, in torch as in ONNX Runtime
-    failed = {case.label: case.error for case in report.failed_cases}
-    assert set(failed) == {"batch=5,rows=2", "batch=2,rows=5"}
-    assert all(error.startswith("torch raised RuntimeError") for error in failed.values())
+    assert report.passed
+
+
+def test_a_size_eager_pytorch_refuses_is_an_axis_that_is_not_dynamic_not_a_parity_failure(tmp_path):
+    torch.manual_seed(0)
+    model, x, y = TwoInputs().eval(), torch.randn(2, 4), torch.randn(2, 4)
+    # the file says x and y have independent first axes; the model adds them
+    dynamic = {"x": {0: "batch"}, "y": {0: "rows"}, "output_0": {0: "batch"}, "output_1": {0: "batch"}}
+    path = torchscript_export(
+        model, (x, y), tmp_path / "two.onnx", ["x", "y"], ("output_0", "output_1"), dynamic
+    )
+
+    with pytest.raises(AxisNotDynamicError) as raised:
+        validate(path, model, (x, y), validation={"latency_runs": 0, "on_mismatch": "warn"})
+
+    error = raised.value
+    assert str(error).startswith(
+        "the model does not accept batch = 5: this axis is not dynamic (batch is x axis 0;"
+    )
+    assert "at batch=5,rows=2 torch raised RuntimeError" in str(error)
+    assert "export.dynamic_axes={x: {}} (or export.dynamic_batch=false)" in error.fix
+    assert "export.validation.sizes" in error.fix and "atol" not in error.fix
+    assert error.axes == {"batch": 5} and error.exit_code == 2
+    # sizes the model takes validate
+    assert validate(path, model, (x, y), validation={"latency_runs": 0, "sizes": [1]}).passed
+
+
+def test_a_refused_axis_fails_the_export_and_publishes_nothing(tmp_path):
+    model = TinyMLP().eval()
+    with pytest.raises(AxisNotDynamicError, match=r"does not accept features = 1: .* x axis 1"):
+        onnxport.export(
+            model,
+            torch.randn(2, 4),
+            tmp_path / "mlp.onnx",
+            exporter="torchscript",  # it does not check dynamic axes: the file claims any width
+            dynamic_axes={"x": {0: "batch", 1: "features"}},
+        )
+    assert not list(tmp_path.iterdir())
 
 
 def test_an_unnamed_dynamic_dim_is_varied_too(mlp_file, tmp_path):
@@ -432,8 +470,6 @@ def test_text_models_with_padded_masks_validate(tmp_path, kind, padded):
     averages and eager PyTorch gives 0 (issue 14). Left padding leaves such rows in a causal model
     whatever validation draws: the example's own padded positions differ, so BERT shows that side.
     """
-    import onnxport
-
     model = tiny_transformer(kind)
     result = onnxport.export(
         model, token_batch(padded=padded), tmp_path / f"{kind}.onnx", validation={"latency_runs": 0}

@@ -28,10 +28,10 @@ from onnxport.provenance import weights_sha256
 
 
 class FixedBatch(nn.Module):
-    """TorchScript exports it with a symbolic batch, but it only works at batch 2."""
+    """Runs at any batch, but TorchScript bakes the export batch (2) into the graph it calls symbolic."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.ones(2, 4)
+        return x + torch.ones(int(x.shape[0]), 4)
 
 
 class FixedBatchWeights(nn.Module):
@@ -42,7 +42,7 @@ class FixedBatchWeights(nn.Module):
         self.ones = nn.Parameter(torch.ones(2, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.ones
+        return x + self.ones.mean(dim=0).expand(int(x.shape[0]), 4)
 
 
 def listing(directory: Path) -> list[str]:

@@ -197,7 +197,9 @@ class ExportConfig:
     opset: int = 18
     """ONNX opset to produce. Checked against what the chosen exporter supports."""
     dynamic_batch: bool = True
-    """Make axis 0 of every input (and output) a dynamic axis named ``batch``."""
+    """Make axis 0 a dynamic axis named ``batch`` where it is one: the inputs of the batch size that the
+    model also runs with at another batch size (tried once before exporting; the others stay static,
+    said in one info line), and the outputs that follow them. Transformers models also get ``sequence``."""
     dynamic_axes: dict[str, Any] = field(default_factory=dict)
     """torch.onnx form ``{input_or_output: {axis: name}}``; overrides ``dynamic_batch`` per name."""
     input_names: Optional[list[str]] = None

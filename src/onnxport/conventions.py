@@ -4,7 +4,8 @@ A ``transformers.PreTrainedModel`` is exported as a tokenizer's batch feeds it:
 
 - text inputs (``input_ids``, ``attention_mask``, ``token_type_ids``, ``position_ids``, ...) get a
   dynamic ``sequence`` axis 1 beside the ``batch`` axis 0 (``decoder_*`` inputs ``decoder_sequence``);
-- ``use_cache=False``: no past key values in or out, unless the caller passed ``use_cache`` or a cache;
+- ``use_cache=False``: no past key values in or out, unless the example inputs pass ``use_cache`` or a
+  cache (:func:`exporting` sets it on the model's config for the export, then restores it);
 - outputs are named from the ``ModelOutput`` fields (``last_hidden_state``, ``logits``, ...), which
   :func:`onnxport.inputs.flatten_outputs` reads from the output as it does for any mapping.
 
@@ -17,9 +18,9 @@ then is its ``config`` read. Plain-PyTorch users pay nothing for this module.
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator
 from typing import Any
 
 SEQUENCE_AXIS_NAME = "sequence"
@@ -38,8 +39,6 @@ TEXT_INPUTS = frozenset(
         "decoder_inputs_embeds",
     }
 )
-# Arguments that hand the model a cache: passing one means the caller wants caching.
-_CACHE_ARGUMENTS = ("use_cache", "past_key_values", "cache")
 
 
 def is_transformers_model(model: Any) -> bool:
@@ -74,17 +73,28 @@ def is_token_ids(name: str) -> bool:
     return name.rsplit(".", 1)[-1].endswith("input_ids")
 
 
-def default_keywords(model: Any, signature: inspect.Signature, given: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword arguments a transformers model is exported with unless the caller passed them.
+@contextlib.contextmanager
+def exporting(model: Any) -> Iterator[None]:
+    """A transformers model's config as an export needs it, and the caller's back afterwards.
 
-    ``use_cache=False`` where ``forward`` takes it and no cache argument was given: a cache in the
-    outputs is an object ONNX cannot return, and a decoder-only LM is exported without it.
+    ``use_cache=False``: a cache is an object ONNX cannot return, and a decoder-only LM is
+    exported without past key values (a ``use_cache`` or cache argument in the example inputs
+    still wins: an argument beats the config). ``return_dict=True``: outputs are ``ModelOutput``s
+    named by their fields. Set on the config rather than passed as keywords, because a constant
+    keyword becomes an argument the exporters must thread through (torch.onnx stops naming
+    dynamic axes when ``dynamic_shapes`` holds a non-tensor entry, and the TorchScript exporter
+    takes no bools).
     """
-    if not is_transformers_model(model):
-        return {}
-    if "use_cache" in signature.parameters and not any(name in given for name in _CACHE_ARGUMENTS):
-        return {"use_cache": False}
-    return {}
+    config = getattr(model, "config", None) if is_transformers_model(model) else None
+    wanted = {"use_cache": False, "return_dict": True}
+    saved = {key: getattr(config, key) for key in wanted if hasattr(config, key)}
+    for key in saved:
+        setattr(config, key, wanted[key])
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(config, key, value)
 
 
 def sequence_axes(model: Any, names: list[str], ranks: list[int]) -> dict[str, str]:

@@ -45,6 +45,19 @@ class InputError(OnnxportError, ValueError):
     """The model, its example inputs or a path given by the caller cannot be used."""
 
 
+class AxisNotDynamicError(ConfigError):
+    """Eager PyTorch itself refuses a size that a dynamic axis of the graph allows.
+
+    Validation found it, but the file is not what is wrong: the axis should not be dynamic (or not
+    over those sizes), so it is a configuration error (exit 2), not a parity failure (exit 1).
+    ``axes`` maps each axis name validation changed to the size the model refused.
+    """
+
+    def __init__(self, message: str, *, fix: str | None = None, axes: dict[str, int] | None = None) -> None:
+        self.axes = dict(axes or {})
+        super().__init__(message, fix=fix)
+
+
 class CheckpointError(InputError):
     """A checkpoint or weights file is missing, corrupt, untrusted or does not fit the model."""
 

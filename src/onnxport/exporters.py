@@ -131,7 +131,7 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig, besi
         )
     derived = [name for name, _ in outputs]
     output_names = chosen_names("output_names", config.output_names, derived, "the model returns")
-    dynamic_axes = resolve_dynamic_axes(inputs, output_names, config, [t for _, t in outputs])
+    dynamic_axes = resolve_dynamic_axes(inputs, output_names, config, [t for _, t in outputs], model=model)
     axis_names = dynamic_axes
     if isinstance(model, torch.export.ExportedProgram):
         # The program's shapes are fixed already: its symbolic dims get these names,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,8 @@ from onnxport.errors import ConfigError, InputError
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+logger = logging.getLogger(__name__)
 
 BATCH_AXIS_NAME = "batch"
 _INTEGER_DEFAULT_RANGE = (0, 10)
@@ -425,17 +428,24 @@ def resolve_dynamic_axes(
     output_names: list[str],
     config: ExportConfig,
     outputs: Sequence[torch.Tensor] | None = None,
+    *,
+    model: Any = None,
 ) -> dict[str, dict[int, str]]:
     """Dynamic axes of inputs and outputs in the torch.onnx form ``{name: {axis: axis_name}}``.
 
-    ``dynamic_batch`` makes axis 0 of every input ``batch``; of the outputs, those
-    whose axis 0 has the batch size (when ``outputs`` is given) or all of them.
-    ``config.dynamic_axes`` replaces the entry of each name it lists; ``{}`` makes
-    that name static.
+    ``dynamic_batch`` makes axis 0 ``batch`` where it behaves as one. Given the ``model``, that is
+    tried: the model runs once more with the batch grown by one (:func:`probed_axes`), and an input
+    whose axis 0 cannot change, or differs from the batch size, stays static; outputs are dynamic
+    where they followed. A transformers model's text inputs also get a dynamic ``sequence`` axis 1
+    (:mod:`onnxport.conventions`). Without the model, every input's axis 0 is ``batch``, and so is
+    each output's whose axis 0 has the batch size (when ``outputs`` is given) or all of them.
+    ``config.dynamic_axes`` replaces the entry of each name it lists; ``{}`` makes that name static.
     """
     tensors = inputs.tensors()
     axes: dict[str, dict[int, str]] = {}
-    if config.dynamic_batch:
+    if model is not None:
+        axes = probed_axes(model, inputs, config, output_names, outputs)
+    elif config.dynamic_batch:
         batch_sizes = {t.shape[0] for t in tensors if t.dim() >= 1}
         for name, tensor in zip(inputs.names, tensors, strict=True):
             if tensor.dim() >= 1:
@@ -458,6 +468,146 @@ def resolve_dynamic_axes(
             )
         axes[name] = _axis_map(name, spec, ranks.get(name))
     return {name: mapping for name, mapping in axes.items() if mapping}
+
+
+def probed_axes(
+    model: Any,
+    inputs: ModelInputs,
+    config: ExportConfig,
+    output_names: list[str],
+    outputs: Sequence[torch.Tensor] | None,
+) -> dict[str, dict[int, str]]:
+    """The batch (and sequence) axes the model accepts at another size, tried with one eager call.
+
+    The candidates: axis 0 of the inputs with the most common first size (with ``dynamic_batch``),
+    axis 1 of a transformers model's text inputs; not the inputs ``export.dynamic_axes`` lists (the
+    user's word wins). They are grown together (the batch by one, a sequence shrunk by one) and the
+    model is run: outputs whose axes moved with them get the same names. If the call fails, the
+    batch alone is tried; what still fails stays static, said in one info line.
+    """
+    import torch
+
+    from onnxport import conventions
+
+    tensors = inputs.tensors()
+    names = inputs.names
+    wanted: dict[str, dict[int, str]] = {}
+    static: list[str] = []  # what the info line names
+    if config.dynamic_batch:
+        firsts = [int(t.shape[0]) for t in tensors if t.dim() >= 1]
+        batch = max(firsts, key=firsts.count) if firsts else None
+        for name, tensor in zip(names, tensors, strict=True):
+            if tensor.dim() >= 1 and tensor.shape[0] == batch:
+                wanted[name] = {0: BATCH_AXIS_NAME}
+            elif tensor.dim() >= 1:
+                static.append(f"axis 0 of {name} (size {tensor.shape[0]}, the batch is {batch})")
+    ranks = [t.dim() for t in tensors]
+    for name, axis_name in conventions.sequence_axes(model, names, ranks).items():
+        wanted.setdefault(name, {})[1] = axis_name
+    wanted = {name: axes for name, axes in wanted.items() if name not in config.dynamic_axes}
+    if not wanted or isinstance(model, torch.export.ExportedProgram):  # a program's shapes are fixed
+        return _by_coincidence(wanted, output_names, outputs, tensors)
+
+    found, grown, error = _try_sizes(model, inputs, wanted, config.validation.seed)
+    if error is not None and any(axis for axes in wanted.values() for axis in axes):
+        batch_only = {name: {0: axes[0]} for name, axes in wanted.items() if 0 in axes}
+        found, grown, second = _try_sizes(model, inputs, batch_only, config.validation.seed)
+        dropped = sorted(name for name, axes in wanted.items() if set(axes) - {0})
+        static.append(f"the sequence axis of {', '.join(dropped)} ({type(error).__name__}: {_short(error)})")
+        wanted, error = batch_only, second
+    if error is not None:
+        listed = ", ".join(wanted)
+        static.append(
+            f"axis 0 of {listed} ({type(model).__name__} raised {type(error).__name__}: {_short(error)})"
+        )
+        wanted = {}
+    if static:
+        logger.info("static (the model does not run with it changed): %s", "; ".join(static))
+    axes = dict(wanted)
+    if found is not None and outputs is not None and len(found) == len(outputs):
+        for name, before, after in zip(output_names, outputs, found, strict=True):
+            moved = _moved_axes(before, after, grown)
+            if moved:
+                axes[name] = moved
+    return axes
+
+
+def _try_sizes(
+    model: Any, inputs: ModelInputs, wanted: dict[str, dict[int, str]], seed: int
+) -> tuple[list[torch.Tensor] | None, dict[tuple[int, str], int], BaseException | None]:
+    """Run ``model`` with the ``wanted`` axes grown.
+
+    Returns the flat outputs (``None`` if it raised), ``{(old size, axis name): new size}`` and the error.
+    """
+    import torch
+
+    if not wanted:
+        return None, {}, None
+    tensors = dict(zip(inputs.names, inputs.tensors(), strict=True))
+    grown: dict[tuple[int, str], int] = {}
+    sizes: dict[str, dict[int, int]] = {}
+    for name, axes in wanted.items():
+        for axis, axis_name in axes.items():
+            old = int(tensors[name].shape[axis])
+            new = old + 1 if axis == 0 or old == 1 else old - 1  # a shorter text fits any position table
+            grown[(old, axis_name)] = new
+            sizes.setdefault(name, {})[axis] = new
+    if all(set(axes) == {0} for axes in sizes.values()):
+        # only the batch grows: repeat real rows, so no generated value can be what the model refuses
+        probe = inputs.with_tensors(
+            [
+                t.index_select(0, torch.arange(sizes[n][0], device=t.device) % t.shape[0])
+                if n in sizes
+                else t
+                for n, t in tensors.items()
+            ]
+        )
+    else:
+        from onnxport.conventions import vocab_size
+
+        probe = generate_like(inputs, sizes, seed, vocab_size=vocab_size(model))
+    try:
+        found = [tensor for _, tensor in flatten_outputs(probe.call(model))]
+    except Exception as error:  # the model does not take these sizes
+        return None, grown, error
+    return found, grown, None
+
+
+def _moved_axes(
+    before: torch.Tensor, after: torch.Tensor, grown: dict[tuple[int, str], int]
+) -> dict[int, str]:
+    """The axes of an output that changed as an input axis did, named as that axis."""
+    if before.dim() != after.dim():
+        return {}
+    moved = {}
+    for axis, (old, new) in enumerate(zip(before.shape, after.shape, strict=True)):
+        for (was, axis_name), now in grown.items():
+            if old != new and (old, new) == (was, now) and axis_name not in moved.values():
+                moved[axis] = axis_name
+                break
+    return moved
+
+
+def _by_coincidence(
+    wanted: dict[str, dict[int, str]],
+    output_names: list[str],
+    outputs: Sequence[torch.Tensor] | None,
+    tensors: list[torch.Tensor],
+) -> dict[str, dict[int, str]]:
+    """Without a probe, outputs whose axis 0 has the batch size follow the batch."""
+    axes = dict(wanted)
+    firsts = {int(t.shape[0]) for t in tensors if t.dim() >= 1}
+    if any(0 in found for found in wanted.values()) and outputs is not None:
+        for name, output in zip(output_names, outputs, strict=True):
+            if output.dim() >= 1 and output.shape[0] in firsts:
+                axes[name] = {0: BATCH_AXIS_NAME}
+    return axes
+
+
+def _short(error: BaseException) -> str:
+    from onnxport.errors import one_line
+
+    return one_line(error, limit=160)
 
 
 def _axis_map(name: str, spec: Any, rank: int | None) -> dict[int, str]:

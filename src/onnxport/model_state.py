@@ -36,8 +36,11 @@ def preserved_state(model: Any) -> Iterator[None]:
     modes = [(module, module.training) for module in model.modules()]
     grads = [(param, param.requires_grad) for param in model.parameters()]
     model.eval()
+    from onnxport.conventions import exporting
+
     try:
-        yield
+        with exporting(model):  # a transformers model's use_cache/return_dict, restored as the flags are
+            yield
     finally:
         _held.discard(id(model))
         for module, training in modes:

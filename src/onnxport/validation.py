@@ -33,6 +33,7 @@ import torch
 from onnxport.config import ExportConfig, ValidationConfig
 from onnxport.conventions import vocab_size
 from onnxport.errors import (
+    AxisNotDynamicError,
     CheckerError,
     ConfigError,
     InputError,
@@ -153,6 +154,7 @@ def run_validation(
         tolerances = {name: _tolerance(settings, name) for name in graph_outputs}  # (atol, rtol, allow)
         runs = settings.latency_runs
         results = [_run_case(case, model, session, graph_outputs, tolerances, runs) for case in cases]
+        _refuse_sizes_the_model_rejects(model, example, axes, cases, results)
         divergence = _localize(path, model, cases, results, settings) if settings.localize else None
 
     report = ValidationReport(
@@ -324,6 +326,9 @@ class _Case:
     label: str
     sizes: dict[str, int]
     inputs: ModelInputs
+    seed: Optional[int] = None
+    """The seed of generated inputs; ``None`` for the example and the caller's samples."""
+    vocab: Optional[int] = None
 
 
 def _dynamic_axes(graph_inputs: list[Any], example: ModelInputs) -> _Axes:
@@ -356,7 +361,7 @@ def _generated_cases(
     cases = []
     for number, sizes in enumerate(matrix, start=1):
         inputs = _random_inputs(example, axes, sizes, settings.seed + number, vocab)
-        cases.append(_Case(_label(sizes), sizes, inputs))
+        cases.append(_Case(_label(sizes), sizes, inputs, settings.seed + number, vocab))
     return cases
 
 
@@ -369,6 +374,52 @@ def _random_inputs(
         for index, axis in where:
             resized.setdefault(example.names[index], {})[axis] = sizes[symbol]
     return generate_like(example, resized, seed, vocab_size=vocab)
+
+
+def _refuse_sizes_the_model_rejects(
+    model: Any, example: ModelInputs, axes: _Axes, cases: list[_Case], results: list[CaseResult]
+) -> None:
+    """Raise :class:`AxisNotDynamicError` when eager PyTorch fails at a generated size.
+
+    The same generated values at the export sizes tell the two causes apart: if the model runs on
+    them, the sizes are what it refuses (the axis is not dynamic); if not, the values are, and the
+    case stays a failed case of the report.
+    """
+    for case, result in zip(cases, results, strict=True):
+        if case.seed is None or not (result.error or "").startswith("torch raised"):
+            continue
+        at_export = _random_inputs(example, axes, axes.export_sizes, case.seed, case.vocab)
+        try:
+            at_export.call(model)
+        except Exception:
+            continue  # the generated values, not the sizes, are what the model refuses
+        changed = {s: n for s, n in case.sizes.items() if n != axes.export_sizes[s]}
+        raise AxisNotDynamicError(
+            f"the model does not accept {' with '.join(f'{s} = {n}' for s, n in changed.items())}: "
+            f"{'this axis is' if len(changed) == 1 else 'these axes are'} not dynamic "
+            f"({'; '.join(_where(example, axes, s) for s in changed)}; at {case.label} {result.error})",
+            fix=_static_fix(example, axes, changed),
+            axes=changed,
+        )
+
+
+def _where(example: ModelInputs, axes: _Axes, symbol: str) -> str:
+    places = ", ".join(f"{example.names[index]} axis {axis}" for index, axis in axes.positions[symbol])
+    return f"{symbol} is {places}"
+
+
+def _static_fix(example: ModelInputs, axes: _Axes, changed: dict[str, int]) -> str:
+    """The settings that keep the refused axes static, or validate only sizes the model takes."""
+    keep = []
+    for symbol in changed:
+        names = sorted({example.names[index] for index, _ in axes.positions[symbol]})
+        static = ", ".join(f"{name}: {{}}" for name in names)
+        batch = " (or export.dynamic_batch=false)" if symbol == "batch" else ""
+        keep.append(f"export.dynamic_axes={{{static}}}{batch}")
+    return (
+        f"keep the axis static with {' and '.join(keep)}, or list the sizes the model takes in "
+        "export.validation.sizes"
+    )
 
 
 def _label(sizes: dict[str, int]) -> str:
