@@ -452,11 +452,15 @@ def _captured(sink: IO[bytes]) -> Iterator[None]:
 def _write_log(log: Path, sink: IO[bytes], error: BaseException) -> None:
     """What the attempt printed, then the full traceback onnxport's one-line message summarises."""
     sink.seek(0)
-    with contextlib.suppress(OSError), open(log, "wb") as out:
-        while chunk := sink.read(1 << 20):
-            out.write(chunk)
-        out.write(b"\n--- the exception ---\n")
-        out.write("".join(traceback.format_exception(error)).encode("utf-8", "replace"))
+    try:
+        with open(log, "wb") as out:
+            while chunk := sink.read(1 << 20):
+                out.write(chunk)
+            out.write(b"\n--- the exception ---\n")
+            out.write("".join(traceback.format_exception(error)).encode("utf-8", "replace"))
+    except OSError:  # a full disk, a read-only directory: no log, and no half-written one either
+        with contextlib.suppress(OSError):
+            log.unlink(missing_ok=True)
 
 
 def _falling_back(exporter: str, error: BaseException, log: Path, candidates: list[str]) -> None:
