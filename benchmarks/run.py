@@ -346,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models",
         default=os.environ.get("BENCH", "default"),
-        help="'default' (cnn, transformer, bert, mlp64, then the real architectures), 'large' (the 2.3 GB "
-        "MLP), 'arch' (only the real architectures), 'all', or a comma list",
+        help="'default' (cnn, transformer, bert, mlp64, then the real architectures and the variants), "
+        "'large' (the 2.3 GB MLP), 'arch' (only the real architectures, benchmarks/architectures.py), "
+        "'variants' (only benchmarks/variants.py), 'all', or a comma list",
     )
     parser.add_argument("--measure", nargs=2, metavar=("CONTENDER", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -362,12 +363,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(*args.measure)))
         return 0
 
-    if args.models == "arch":  # only the real architectures of issue 14
+    from benchmarks import variants
+
+    if args.models == "variants":  # issue 13's section alone, into the same results file
+        return record_variants(variants.run())
+    if args.models == "arch":  # issue 14's real architectures alone, into the same results file
         from benchmarks import architectures
 
         found = architectures.run(args.repeats)
         architectures.print_table(found)
-        _save({"architectures": found, "goals": [architectures.goal_line(found)]})
+        _save({"architectures": found})
         return 0
     chosen = {"default": MODELS, "large": LARGE, "all": MODELS + LARGE}.get(args.models)
     names = chosen or tuple(args.models.split(","))
@@ -392,6 +397,24 @@ def main(argv: list[str] | None = None) -> int:
         architectures.print_table(results["architectures"])
     results["goals"] = goals(results)
     _save(results)
+    if args.models in ("default", "all"):
+        return record_variants(variants.run())
+    return 0
+
+
+def record_variants(measured: dict[str, Any]) -> int:
+    """Print the variants section (benchmarks/variants.py) and keep it in the results file."""
+    from benchmarks import variants
+
+    variants.print_tables(measured)
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results["variants"] = measured
+    results["variant_goals"] = [
+        f"{'PASS' if met else 'MISS'}  {model} {goal}: {value}"
+        for model, goal, value, met in variants.goals(measured)
+    ]
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {RESULTS}")
     return 0
 
 

@@ -17,13 +17,34 @@ def load_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
 
 
 class DigitsDataModule(pl.LightningDataModule):
-    """Train/val/test loaders; the train loader shuffles with a seeded generator."""
+    """Train/val/test loaders; the train loader shuffles with a seeded generator.
 
-    def __init__(self, data_dir: str | Path = "data", batch_size: int = 64, seed: int = 0) -> None:
+    Its arguments are the keys of ``conf/data``, so ``instantiate(cfg.data)`` builds it: the
+    ``train`` stage, and the ``export`` stage's int8 calibration (``calibration.datamodule:
+    ${data}``) read the same batches through the same code. ``prepare_data`` writes the splits
+    when they are missing (``prepare`` writes them in the pipeline); the split settings are its.
+    """
+
+    def __init__(
+        self,
+        dir: str | Path = "data",  # the key of conf/data
+        batch_size: int = 64,
+        seed: int = 0,
+        split_seed: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+    ) -> None:
         super().__init__()
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(dir)
         self.batch_size = batch_size
         self.seed = seed
+        self.split = {"split_seed": split_seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
+
+    def prepare_data(self) -> None:
+        from pipelines.prepare import SPLITS, split_digits
+
+        if not all((self.data_dir / f"{split}.npz").is_file() for split in SPLITS):
+            split_digits(self.data_dir, **self.split)
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         images, labels = load_split(self.data_dir, split)

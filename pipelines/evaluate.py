@@ -1,7 +1,8 @@
-"""``evaluate``: the ONNX model in ONNX Runtime on the test split, beside the PyTorch checkpoint.
+"""``evaluate``: the ONNX model and its variants in ONNX Runtime on the test split, beside PyTorch.
 
-Writes ``paths.accuracy`` (DVC metrics) and ``paths.latency_plot`` (ONNX Runtime and torch
-milliseconds per batch, one row per batch size; a DVC plot).
+Writes ``paths.accuracy`` (DVC metrics: the fp32 file's numbers at the top, each variant's under
+``variants.<name>``) and ``paths.latency_plot`` (milliseconds per batch of the fp32 file
+(``onnxruntime_ms``), of each variant (``<name>_ms``) and of torch; one row per batch size).
 """
 
 from __future__ import annotations
@@ -18,22 +19,23 @@ from omegaconf import DictConfig
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score ``paths.model`` and ``paths.checkpoint`` on the test split; write metrics and plot."""
-    import onnxruntime as ort
+    """Score ``paths.model``, each variant beside it and ``paths.checkpoint`` on the test split.
+
+    The variants are the configured ``export.variants`` whose file is present (the export
+    stage removes the files of variants no longer configured); a configured one that is
+    missing (rejected with ``on_mismatch: skip``) is left out, and said so.
+    """
     import torch
 
     from pipelines.data import load_split
     from pipelines.model import DigitsCNN
 
     torch.set_num_threads(cfg.threads)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = cfg.threads  # the same budget for both sides of the comparison
     images, labels = load_split(cfg.data.dir, "test")
-    session = ort.InferenceSession(cfg.paths.model, options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-
-    def run_onnx(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: batch})[0]
+    files = model_files(cfg)
+    runners = {name: onnx_runner(path, cfg.threads) for name, path in files.items() if path.is_file()}
+    for name in files.keys() - runners.keys():
+        print(f"evaluate: no {files[name]} (variant {name} was not published), left out")
 
     model = DigitsCNN.load_from_checkpoint(cfg.paths.checkpoint, map_location="cpu", weights_only=True)
     model.eval()
@@ -42,26 +44,70 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         with torch.inference_mode():
             return model(torch.from_numpy(batch)).numpy()
 
-    onnx_logits, torch_logits = run_onnx(images), run_torch(images)
+    torch_logits = run_torch(images)
+    scores = {name: score(run(images), torch_logits, labels) for name, run in runners.items()}
+    fp32 = scores.pop(FP32)
     metrics = {
         "test_samples": len(labels),
-        "onnx_accuracy": accuracy(onnx_logits, labels),
+        "onnx_accuracy": fp32["accuracy"],
         "torch_accuracy": accuracy(torch_logits, labels),
-        "prediction_agreement": float(np.mean(onnx_logits.argmax(1) == torch_logits.argmax(1))),
-        # x 1e6, as the validation metrics: `dvc metrics show` rounds to 5 decimals (1e-6 reads 0.0)
-        "max_abs_logit_diff_e6": round(1e6 * float(np.max(np.abs(onnx_logits - torch_logits))), 4),
+        "prediction_agreement": fp32["prediction_agreement"],
+        "max_abs_logit_diff_e6": fp32["max_abs_logit_diff_e6"],
+        # One entry per variant file: its accuracy, and how far it moved from the fp32 PyTorch model.
+        "variants": {name: {**row, "size_bytes": files[name].stat().st_size} for name, row in scores.items()},
     }
-    rows = [
-        {
-            "batch_size": size,
-            "onnxruntime_ms": latency_ms(run_onnx, batch, cfg.evaluate.latency_runs),
-            "torch_ms": latency_ms(run_torch, batch, cfg.evaluate.latency_runs),
-        }
-        for size, batch in batches(images, cfg.evaluate.batch_sizes)
-    ]
+    runs = cfg.evaluate.latency_runs
+    rows = []
+    for size, batch in batches(images, cfg.evaluate.batch_sizes):
+        row: dict[str, Any] = {"batch_size": size}
+        for name, run in runners.items():
+            row["onnxruntime_ms" if name == FP32 else f"{name}_ms"] = latency_ms(run, batch, runs)
+        row["torch_ms"] = latency_ms(run_torch, batch, runs)
+        rows.append(row)
     write_json(Path(cfg.paths.accuracy), metrics)
     write_json(Path(cfg.paths.latency_plot), rows)
     return metrics
+
+
+FP32 = "fp32"
+"""The name the fp32 file (``paths.model``) goes by beside its variants."""
+
+
+def model_files(cfg: DictConfig) -> dict[str, Path]:
+    """``{"fp32": paths.model, <variant name>: <stem>.<name>.onnx beside it, ...}`` in config order."""
+    model = Path(cfg.paths.model)
+    variants = cfg.export.get("variants") or []
+    return {FP32: model, **{v.name: model.with_name(f"{model.stem}.{v.name}.onnx") for v in variants}}
+
+
+def onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``run(images) -> logits`` through an ONNX Runtime session on ``path``.
+
+    The images are cast to the graph input's type: an fp16 variant with ``fp16_io`` takes float16.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # the same budget for every file and for torch
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    graph_input = session.get_inputs()[0]
+    dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(
+            session.run(None, {graph_input.name: batch.astype(dtype, copy=False)})[0], np.float32
+        )
+
+    return run
+
+
+def score(logits: np.ndarray, torch_logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {
+        "accuracy": accuracy(logits, labels),
+        "prediction_agreement": float(np.mean(logits.argmax(1) == torch_logits.argmax(1))),
+        # x 1e6, as the validation metrics: `dvc metrics show` rounds to 5 decimals (1e-6 reads 0.0)
+        "max_abs_logit_diff_e6": round(1e6 * float(np.max(np.abs(logits - torch_logits))), 4),
+    }
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -93,8 +139,9 @@ def main() -> None:
     from pipelines.config import stage_config
 
     metrics = evaluate(stage_config())
+    variants = "".join(f", {name} {row['accuracy']:.4f}" for name, row in metrics["variants"].items())
     print(
-        f"evaluate: ONNX Runtime accuracy {metrics['onnx_accuracy']:.4f}, "
+        f"evaluate: ONNX Runtime accuracy {metrics['onnx_accuracy']:.4f}{variants}, "
         f"PyTorch accuracy {metrics['torch_accuracy']:.4f} on {metrics['test_samples']} test images"
     )
 

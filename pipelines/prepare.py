@@ -16,6 +16,14 @@ def prepare(cfg: DictConfig) -> dict[str, int]:
 
     Returns the number of samples per split.
     """
+    data = cfg.data
+    return split_digits(data.dir, data.split_seed, data.val_fraction, data.test_fraction)
+
+
+def split_digits(
+    data_dir: str | Path, split_seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15
+) -> dict[str, int]:
+    """The work of ``prepare``: seeded, stratified splits of the digits written to ``data_dir``."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -23,18 +31,18 @@ def prepare(cfg: DictConfig) -> dict[str, int]:
     # Pixel values are 0..16 in the bundled data.
     images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
     labels = digits.target.astype(np.int64)
-    held_out = cfg.data.val_fraction + cfg.data.test_fraction
+    held_out = val_fraction + test_fraction
     x_train, x_rest, y_train, y_rest = train_test_split(
-        images, labels, test_size=held_out, random_state=cfg.data.split_seed, stratify=labels
+        images, labels, test_size=held_out, random_state=split_seed, stratify=labels
     )
     x_val, x_test, y_val, y_test = train_test_split(
         x_rest,
         y_rest,
-        test_size=cfg.data.test_fraction / held_out,
-        random_state=cfg.data.split_seed,
+        test_size=test_fraction / held_out,
+        random_state=split_seed,
         stratify=y_rest,
     )
-    out = Path(cfg.data.dir)
+    out = Path(data_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for split, x, y in zip(SPLITS, (x_train, x_val, x_test), (y_train, y_val, y_test), strict=True):

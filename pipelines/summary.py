@@ -30,6 +30,16 @@ def summary(cfg: DictConfig) -> str:
         f"{accuracy['torch_accuracy']:.4f} in PyTorch ({accuracy['test_samples']} test images)",
         f"validation:  {passed} ({validation_file})",
     ]
+    variants = accuracy.get("variants") or {}
+    if variants:
+        lines.append("variants:    (test accuracy in ONNX Runtime; top-1 agreement with PyTorch)")
+        width = max(map(len, variants))
+        for name, row in variants.items():
+            path = model.with_name(f"{model.stem}.{name}.onnx")
+            lines.append(
+                f"  {name:<{width}}  {row['accuracy']:.4f}  agreement {row['prediction_agreement']:.4f}  "
+                f"{row['size_bytes'] / 1024:7.1f} KiB  {path}"
+            )
     return "\n".join(lines)
 
 

@@ -19,12 +19,10 @@ def train(cfg: DictConfig) -> Path:
     import torch
     from hydra.utils import instantiate
 
-    from pipelines.data import DigitsDataModule
-
     torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = instantiate(cfg.model)
-    data = DigitsDataModule(cfg.data.dir, cfg.data.batch_size, seed=cfg.seed)
+    data = instantiate(cfg.data)  # conf/data builds pipelines.data.DigitsDataModule
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks)
     trainer.fit(model, datamodule=data)

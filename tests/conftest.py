@@ -122,6 +122,73 @@ def cnn() -> TinyCNN:
     return TinyCNN()
 
 
+class TinyEncoder(nn.Module):
+    """A small TransformerEncoder over token features with a class-score head (variants' transformer)."""
+
+    def __init__(self, dim: int = 32, classes: int = 5) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=64, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(tokens).mean(dim=1))
+
+
+def prototype_tokens(
+    count: int, seed: int, classes: int = 5, dim: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count, 6, dim) token sequences around one of ``classes`` fixed prototypes, and the class."""
+    prototypes = torch.randn(classes, dim, generator=torch.Generator().manual_seed(123))
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (count,), generator=generator)
+    tokens = prototypes[labels].unsqueeze(1) + torch.randn(count, 6, dim, generator=generator)
+    return tokens, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder() -> TinyEncoder:
+    """A TinyEncoder fitted to tell :func:`prototype_tokens` classes apart: decisive class scores, as a
+    trained model has (an untrained head's near-ties flip under any rounding)."""
+    torch.manual_seed(0)
+    model = TinyEncoder()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(60):
+        tokens, labels = prototype_tokens(32, seed=step)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(tokens), labels).backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits (bundled, no download) as (N, 1, 8, 8) floats in [0, 1] and labels."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    return images, torch.tensor(data.target)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(digits: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
+    """The reference pipeline's DigitsCNN, fitted for two quick epochs (trained logits, not near-ties)."""
+    from pipelines.model import DigitsCNN
+
+    images, labels = digits
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(2):
+        for start in range(0, 1280, 64):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(images[start : start + 64]), labels[start : start + 64])
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
 def run_onnx(path: str | os.PathLike, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run a real ONNX Runtime CPU session on ``feed`` and return every output."""
     import onnxruntime as ort

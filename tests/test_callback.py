@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from conftest import REPO_ROOT, TinyMLP, run_onnx
 from onnxport import OnnxExportCallback
-from onnxport.errors import CheckpointError, ConfigError, ValidationError
+from onnxport.errors import CheckpointError, ConfigError, InputError, ValidationError
 
 DDP_SCRIPT = REPO_ROOT / "tests" / "ddp_scripts" / "fit_export.py"
 FAST_VALIDATION = {"latency_runs": 0}
@@ -596,3 +596,113 @@ def test_fast_dev_run_exports_nothing(tmp_path, caplog):
         trainer.fit(Regressor(), regression_data(n=4), regression_data(n=4))
     assert callback.last_result is None and not (tmp_path / "model.onnx").exists()
     assert "no export under fast_dev_run" in caplog.text
+
+
+# -- static int8 calibration from the run's own loaders --------------------------------------
+
+
+def static_int8(**calibration) -> list[dict]:
+    # skip: the tiny regressor's int8 file may miss the agreement thresholds; calibration is what is tested
+    return [
+        {
+            "name": "int8",
+            "precision": "int8",
+            "quantization": "static",
+            "calibration": {"batches": 2, **calibration},
+            "on_mismatch": "skip",
+        }
+    ]
+
+
+class RegressionData(pl.LightningDataModule):
+    """A train loader shuffled by its own seeded generator and a val loader of other samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        self.train = TensorDataset(
+            torch.randn(16, 4, generator=generator), torch.randn(16, 3, generator=generator)
+        )
+        self.val = TensorDataset(
+            torch.randn(12, 4, generator=generator), torch.randn(12, 3, generator=generator)
+        )
+        self.shuffle = torch.Generator().manual_seed(0)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train, batch_size=4, shuffle=True, generator=self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val, batch_size=4)
+
+
+def test_calibration_batches_are_the_first_batches_of_the_configured_split(tmp_path):
+    from onnxport.callback import _calibration_batches
+    from onnxport.config import ExportConfig
+
+    data = RegressionData()
+    module = Regressor()
+    trainer = make_trainer(tmp_path, [])
+    trainer.fit(module, datamodule=data)
+
+    val = _calibration_batches(trainer, module, ExportConfig.coerce(variants=static_int8()))
+    assert [batch.tolist() for batch in val] == [
+        data.val.tensors[0][:4].tolist(),
+        data.val.tensors[0][4:8].tolist(),
+    ]
+
+    state = data.shuffle.get_state()
+    train = _calibration_batches(
+        trainer, module, ExportConfig.coerce(variants=static_int8(split="train", batches=3))
+    )
+    assert len(train) == 3 and all(batch.shape == (4, 4) for batch in train)
+    assert torch.equal(data.shuffle.get_state(), state)  # the loader's own generator is put back
+
+    # A variant with data of its own (npz, datamodule) or none that is static int8: nothing drawn.
+    for variants in (
+        static_int8(npz="calibration.npz"),
+        static_int8(datamodule={"_target_": "x.Data"}),
+        [{"name": "q", "precision": "int8", "quantization": "dynamic"}, {"name": "h", "precision": "fp16"}],
+    ):
+        assert _calibration_batches(trainer, module, ExportConfig.coerce(variants=variants)) is None
+
+
+def test_calibration_from_a_split_the_run_lacks_is_an_input_error_naming_it(tmp_path):
+    callback = OnnxExportCallback(
+        tmp_path / "model.onnx", variants=static_int8(split="test"), validation=FAST_VALIDATION
+    )
+    trainer = make_trainer(tmp_path, [callback])
+    with pytest.raises(InputError, match="the test loader") as caught:
+        trainer.fit(Regressor(), regression_data())
+    assert caught.value.fix and "\n" not in str(caught.value)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.slow
+def test_static_int8_calibrates_on_the_run_loader_and_training_goes_on_as_without_export(tmp_path, caplog):
+    def fit(callbacks: list) -> Regressor:
+        module = Regressor()
+        make_trainer(tmp_path, callbacks, max_epochs=2).fit(module, datamodule=RegressionData())
+        return module
+
+    callback = OnnxExportCallback(
+        tmp_path / "model.onnx",
+        every_n_epochs=1,
+        variants=static_int8(split="train"),
+        validation=FAST_VALIDATION,
+    )
+    with caplog.at_level(logging.INFO):
+        module = fit([callback])
+    untouched = fit([])
+
+    assert "calibrating on 2 batches of the train loader" in caplog.text
+    assert "validating on 2 batches of the val loader too" in caplog.text
+    # Those real batches are cases of the report, beside the generated shape matrix.
+    report = json.loads((tmp_path / "model.validation.json").read_text())
+    assert report["cases"] > 3  # batch 1, 2, 5 and the real ones
+    assert onnx_matches(tmp_path / "model.onnx", module, PROBE)
+    published = tmp_path / "model.int8.onnx"
+    rejected = tmp_path / "model.int8.rejected.onnx"
+    assert published.is_file() != rejected.is_file()  # validated either way, against the PyTorch model
+    # Drawing calibration batches after epoch 0 did not change how epoch 1 was shuffled.
+    for name, tensor in untouched.state_dict().items():
+        assert torch.equal(module.state_dict()[name], tensor), name

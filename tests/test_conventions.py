@@ -103,3 +103,45 @@ def test_the_users_dynamic_axes_win_over_the_convention(tmp_path):
     result = export("llama", tmp_path, dynamic_axes=static_sequence)
     assert result.dynamic_axes["input_ids"] == {0: "batch"}
     assert {case.label for case in result.validation.cases} == {"batch=2", "batch=1", "batch=5"}
+
+
+@pytest.mark.slow
+def test_a_sequence_axis_the_model_refuses_to_change_stays_static_with_one_line(tmp_path, caplog):
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+    )
+    model = transformers.BertForMaskedLM(config).eval()
+    # labels of the example's length: a shorter text no longer matches them, a larger batch does
+    example = {**token_batch(), "labels": torch.randint(0, 100, (2, 8))}
+    with caplog.at_level("INFO", logger="onnxport.inputs"):
+        result = onnxport.export(model, example, tmp_path / "mlm.onnx", validation={"latency_runs": 0})
+    assert result.output_names == ["loss", "logits"]
+    assert result.dynamic_axes == {
+        name: {0: "batch"} for name in ["input_ids", "attention_mask", "labels", "logits"]
+    }
+    [line] = [r.getMessage() for r in caplog.records if r.name == "onnxport.inputs"]
+    assert line.startswith("kept static: the sequence axis of attention_mask, input_ids (the model raised")
+
+
+class CallsAnLM(torch.nn.Module):
+    """A wrapper (as a LightningModule is) that returns the whole output of the LM it calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lm = tiny_transformer("gpt2")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask)
+
+
+@pytest.mark.slow
+def test_an_lm_inside_a_wrapper_is_exported_without_a_cache_too(tmp_path):
+    wrapper = CallsAnLM().eval()
+    result = onnxport.export(
+        wrapper, token_batch(), tmp_path / "wrapped.onnx", validation={"latency_runs": 0}
+    )
+    assert result.validation.passed and result.output_names == ["logits"]
+    assert wrapper.lm.config.use_cache  # the caller's config, back

@@ -26,6 +26,8 @@ pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's dvc and onnxport
+VARIANTS = ("opt", "fp16", "int8")  # conf/export's export.variants
+MODEL_FILES = ("models/model.onnx", *(f"models/model.{name}.onnx" for name in VARIANTS))
 
 
 @dataclass
@@ -76,6 +78,11 @@ def copy_checkout(root: Path) -> None:
     git(root, "commit", "-q", "-m", "copy of the onnxport checkout")
 
 
+def leaves(metrics: dict) -> list:
+    """The values of a metrics file, nested sections flattened (as `dvc metrics show` does)."""
+    return [v for value in metrics.values() for v in (leaves(value) if isinstance(value, dict) else [value])]
+
+
 def tree_bytes(directory: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
@@ -120,6 +127,13 @@ def test_first_repro_runs_every_stage_and_writes_model_and_metrics(pipeline: Pip
     accuracy = json.loads((root / "metrics" / "accuracy.json").read_text())
     assert accuracy["onnx_accuracy"] > 0.9
     assert accuracy["onnx_accuracy"] == pytest.approx(accuracy["torch_accuracy"], abs=1 / 270)
+    # The variants of conf/export, made and validated in the same run, each scored on the test split.
+    assert set(accuracy["variants"]) == set(VARIANTS)
+    for name, row in accuracy["variants"].items():
+        assert (root / "models" / f"model.{name}.onnx").stat().st_size == row["size_bytes"]
+        assert row["accuracy"] > 0.9 and row["prediction_agreement"] >= 0.95, (name, row)
+    assert accuracy["variants"]["opt"]["accuracy"] == accuracy["onnx_accuracy"]
+    assert accuracy["variants"]["int8"]["size_bytes"] < 0.5 * (root / "models" / "model.onnx").stat().st_size
 
 
 def test_a_checkout_at_another_path_publishes_byte_identical_models(pipeline: Pipeline, tmp_path: Path):
@@ -127,7 +141,7 @@ def test_a_checkout_at_another_path_publishes_byte_identical_models(pipeline: Pi
     other = tmp_path / "somewhere" / "else" / "onnxport"
     copy_checkout(other)
     assert ran_stages(dvc(other, "repro")) == ["prepare", "train", "export", "evaluate"]
-    for name in ("models/model.onnx", "checkpoints/best.onnx"):
+    for name in (*MODEL_FILES, "checkpoints/best.onnx", "checkpoints/best.int8.onnx"):
         assert (other / name).read_bytes() == (pipeline.root / name).read_bytes(), name
     assert (other / "checkpoints/best.ckpt").read_bytes() != (
         pipeline.root / "checkpoints/best.ckpt"
@@ -139,6 +153,8 @@ def test_summary_says_where_the_model_is_and_its_accuracy(pipeline: Pipeline):
     assert str(pipeline.root / "models" / "model.onnx") in text
     accuracy = json.loads((pipeline.root / "metrics" / "accuracy.json").read_text())
     assert f"{accuracy['onnx_accuracy']:.4f} in ONNX Runtime" in text
+    for name, row in accuracy["variants"].items():  # `make run` prints each variant's accuracy
+        assert re.search(rf"^  {name} +{row['accuracy']:.4f} .*model\.{name}\.onnx$", text, re.M), text
 
 
 def test_second_repro_runs_nothing(pipeline: Pipeline):
@@ -153,8 +169,13 @@ def test_metrics_show_lists_few_readable_validation_numbers_and_accuracy(pipelin
     validation = workspace["metrics/validation.json"]["data"]
     accuracy = workspace["metrics/accuracy.json"]["data"]
     assert validation["passed"] == 1 and 0 < validation["tolerance_use"] < 1
-    assert all(isinstance(value, (int, float)) for value in validation.values())  # no strings, no run context
+    # No strings, no run context: numbers, and per variant a section of numbers.
+    assert all(isinstance(value, (int, float)) for value in leaves(validation)), validation
+    assert set(validation["variants"]) == set(VARIANTS)
     assert {"onnx_accuracy", "torch_accuracy", "prediction_agreement"} <= set(accuracy)
+    assert {
+        name: set(row) >= {"accuracy", "prediction_agreement"} for name, row in accuracy["variants"].items()
+    } == {name: True for name in VARIANTS}
     report = json.loads((pipeline.root / "models" / "model.validation.json").read_text())
     assert report["run"]["onnx_sha256"] and report["cases"] >= 3  # the full report, beside the model
 
@@ -173,15 +194,21 @@ def test_metrics_show_lists_few_readable_validation_numbers_and_accuracy(pipelin
 def test_plots_show_renders_parity_and_latency(pipeline: Pipeline, tmp_path: Path):
     dvc(pipeline.root, "plots", "show", "-o", str(tmp_path / "plots"))
     html = (tmp_path / "plots" / "index.html").read_text()
+    drawn = json.loads(dvc(pipeline.root, "plots", "show", "--json"))["data"]["latency"][0]["content"]
+    fields = {row.get("field") for row in drawn["data"]["values"]}
+    assert {"onnxruntime_ms", "torch_ms", *(f"{name}_ms" for name in VARIANTS)} <= fields
     for title in ("Validation parity per case", "Latency per validation case", "Latency per batch"):
         assert title in html
     rendered = json.loads(dvc(pipeline.root, "plots", "show", "--json"))["data"]
     parity = rendered["parity"][0]["content"]
     rows = parity["data"]["values"]
-    assert {row["label"] for row in rows} == {"batch=1", "batch=2", "batch=5"}
+    # The generated shape matrix, then the digits validation split (export.validation.data) in batches.
+    labels = {row["label"] for row in rows}
+    assert {"batch=1", "batch=2", "batch=5"} <= labels
+    assert all(label.startswith("sample_") for label in labels - {"batch=1", "batch=2", "batch=5"})
     assert all(0 < float(row["tolerance_use"]) < 1 for row in rows)
     latency = rendered["validation-latency"][0]["content"]["data"]["values"]
-    assert {row["batch"] for row in latency} == {1, 2, 5}
+    assert {1, 2, 5} <= {row["batch"] for row in latency}
     assert {row["rev"] for row in latency} == {"workspace"}
     assert {"onnxruntime_ms", "torch_ms"} <= {key for row in latency for key in row} | {
         row.get("field") for row in latency
@@ -198,8 +225,8 @@ def test_push_then_pull_into_a_fresh_clone_brings_the_same_model(pipeline: Pipel
     git(tmp_path, "clone", "-q", str(root), str(clone))
     assert not (clone / "models" / "model.onnx").exists()
     dvc(clone, "pull")
-    pulled = (clone / "models" / "model.onnx").read_bytes()
-    assert pulled == (root / "models" / "model.onnx").read_bytes()
+    for name in MODEL_FILES:  # the variants are in the export stage's out with the fp32 file
+        assert (clone / name).read_bytes() == (root / name).read_bytes(), name
     assert locked_md5(clone, "models/model.onnx") == locked_md5(root, "models/model.onnx")
 
 
@@ -214,6 +241,22 @@ def test_artifacts_get_fetches_a_tagged_model_version_into_another_repository(
     git(consumer, "init", "-q", "-b", "main")
     dvc(consumer, "artifacts", "get", str(root), "digits-cnn", "--rev", "v1.0.0", "-o", "model.onnx")
     assert (consumer / "model.onnx").read_bytes() == (root / "models" / "model.onnx").read_bytes()
+    for name in VARIANTS:  # each variant is an artifact of its own, fetched from the same commit
+        git(root, "tag", "-a", f"digits-cnn-{name}@v1.0.0", "-m", f"digits-cnn-{name} v1.0.0")
+        dvc(
+            consumer,
+            "artifacts",
+            "get",
+            str(root),
+            f"digits-cnn-{name}",
+            "--rev",
+            "v1.0.0",
+            "-o",
+            f"{name}.onnx",
+        )
+        assert (consumer / f"{name}.onnx").read_bytes() == (
+            root / "models" / f"model.{name}.onnx"
+        ).read_bytes()
 
 
 def test_a_failing_export_under_dvc_repro_keeps_the_previous_model_and_report(pipeline: Pipeline):
@@ -247,6 +290,27 @@ def test_exp_run_with_another_tolerance_keeps_the_model_md5_and_skips_evaluate(p
     git(root, "checkout", "--", "params.yaml")
     dvc(root, "repro")  # back to conf/'s tolerance
     git(root, "commit", "-q", "-am", "after the tolerance experiment")
+
+
+def test_exp_run_without_variants_removes_their_files_and_evaluate_copes(pipeline: Pipeline, tmp_path: Path):
+    root = pipeline.root
+    kept = {name: (root / name).read_bytes() for name in MODEL_FILES}
+    output = dvc(root, "exp", "run", "-S", "export.variants=[]")
+    assert ran_stages(output) == ["export", "evaluate"]  # model.onnx is the same; export.variants changed
+    assert (root / "models" / "model.onnx").read_bytes() == kept["models/model.onnx"]
+    assert sorted(p.name for p in (root / "models").glob("model.*.onnx")) == []
+    accuracy = json.loads((root / "metrics" / "accuracy.json").read_text())
+    assert accuracy["variants"] == {} and accuracy["onnx_accuracy"] > 0.9
+    rows = json.loads((root / "plots" / "latency.json").read_text())
+    assert all(set(row) == {"batch_size", "onnxruntime_ms", "torch_ms"} for row in rows)
+    dvc(root, "plots", "show", "-o", str(tmp_path / "plots"))  # the latency plot lacks the variants' fields
+    assert "model.int8.onnx" not in run([sys.executable, "-m", "pipelines.summary"], root)
+
+    git(root, "checkout", "--", "params.yaml")
+    assert ran_stages(dvc(root, "repro")) == ["export", "evaluate"]  # back to conf/'s variants
+    for name, content in kept.items():  # byte-identical on re-run, the variants too
+        assert (root / name).read_bytes() == content, name
+    git(root, "commit", "-q", "-am", "after the no-variants experiment")
 
 
 def test_editing_conf_export_reruns_export_and_evaluate_only(pipeline: Pipeline):
@@ -372,3 +436,38 @@ def test_quick_start_adds_the_stage_to_an_existing_project(tmp_path: Path):
 
     session = ort.InferenceSession(str(clone / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.run(None, {"x": np.zeros((3, 1, 8, 8), np.float32)})[0].shape == (3, 10)
+
+    # Static int8 calibrated on the template's own datamodule (`${data}`, composed by DVC's Hydra).
+    int8 = (
+        "{name: int8, precision: int8, quantization: static, calibration: {datamodule: ${data}, batches: 2}}"
+    )
+    assert ran_stages(dvc(project, "exp", "run", "-S", f"export.variants=[{int8}]")) == ["export"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert (
+        params["export"]["variants"][0]["calibration"]["datamodule"]["_target_"] == params["data"]["_target_"]
+    )
+    assert (project / "models" / "model.int8.onnx").is_file()
+    # A calibration source that does not build: exit code 2, one line naming it; nothing published.
+    bad = (
+        "{name: bad, precision: int8, quantization: static, calibration: {datamodule: {_target_: src.Nope}}}"
+    )
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    failed = subprocess.run(
+        [
+            str(BIN / "onnxport"),
+            "export",
+            "--config-dir",
+            "configs",
+            "--config-name",
+            "onnx",
+            f"export.variants=[{bad}]",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 2, failed.stderr
+    (error,) = [line for line in failed.stderr.splitlines() if "src.Nope" in line]
+    assert error.startswith("onnxport: ") or "Error" in error
+    assert not (project / "models" / "model.bad.onnx").exists()

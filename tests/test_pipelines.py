@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,43 @@ def test_dvc_yaml_declares_the_stages_metrics_and_model_artifact():
     assert artifact["path"] == "${paths.model}"
     assert artifact["type"] == "model"
     assert {"opset", "inputs"} <= set(artifact["meta"])
+    # Every configured variant is a declared artifact, in the export stage's out, scored by evaluate.
+    names = [variant.name for variant in compose(config_dir=CONF).export.variants]
+    assert names == ["opt", "fp16", "int8"]
+    for name in names:
+        variant = dvc_yaml["artifacts"][f"digits-cnn-{name}"]
+        assert (variant["path"], variant["type"]) == (f"${{paths.model_dir}}/model.{name}.onnx", "model")
+    assert "export.variants" in stages["evaluate"]["params"]
+    latency = plots["latency"]["y"]["${paths.latency_plot}"]
+    assert [f"{name}_ms" for name in names] == [field for field in latency if field[:-3] in names]
+    # int8 calibrates on the training data: the export stage depends on it and the datamodule's code.
+    assert {"${paths.data_dir}", "pipelines/data.py", "conf/data"} <= set(stages["export"]["deps"])
+
+
+def test_int8_calibrates_on_the_training_split_through_the_pipelines_datamodule(tmp_path: Path):
+    from hydra.utils import instantiate
+
+    from onnxport.config import ExportConfig
+    from pipelines.data import DigitsDataModule, load_split
+
+    cfg = tmp_config(tmp_path)
+    config = ExportConfig.from_dict(OmegaConf.to_container(cfg.export))
+    (int8,) = [variant for variant in config.variants if variant.precision == "int8"]
+    assert (int8.quantization, int8.calibration.split, int8.calibration.npz) == ("static", "train", None)
+    assert int8.calibration.datamodule == OmegaConf.to_container(cfg.data)  # ${data}, resolved
+    # The training callback shares the config (callbacks.onnx_export.config: ${export}), and
+    # Hydra hands it over as data: the datamodule is built by the export, not by instantiate.
+    assert cfg.callbacks.onnx_export.config.variants == cfg.export.variants
+    callback = instantiate(cfg.callbacks.onnx_export)
+    assert callback.config.variants[2].calibration.datamodule == OmegaConf.to_container(cfg.data)
+
+    data = instantiate(int8.calibration.datamodule)
+    assert isinstance(data, DigitsDataModule) and data.data_dir == tmp_path / "data"
+    data.prepare_data()  # writes the splits `prepare` would write, when missing
+    images, _ = load_split(tmp_path / "data", "train")
+    first = next(iter(data.train_dataloader()))[0]
+    assert first.shape == (cfg.data.batch_size, 1, 8, 8)
+    assert any(np.array_equal(first[0].numpy(), image) for image in images)
 
 
 def test_export_settings_never_retrain():
@@ -205,18 +243,15 @@ def test_export_stage_loads_a_lightning_class_path(trained):
 
 @pytest.fixture(scope="module")
 def evaluated(trained):
-    """The trained checkpoint exported by the real TorchScript exporter, then evaluated."""
-    model = DigitsCNN.load_from_checkpoint(trained.paths.checkpoint, weights_only=True).eval()
-    Path(trained.paths.model).parent.mkdir(parents=True)
-    torch.onnx.export(
-        model,
-        (model.example_input_array,),
-        trained.paths.model,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
+    """The trained checkpoint exported as the export stage does (with conf/export's variants), evaluated."""
+    from onnxport.cli import export_from_config
+
+    result = export_from_config(trained)
+    assert [Path(v.path).name for v in result.variants] == [
+        "model.opt.onnx",
+        "model.fp16.onnx",
+        "model.int8.onnx",
+    ]
     return evaluate(trained)
 
 
@@ -230,10 +265,44 @@ def test_evaluate_scores_onnx_runtime_beside_pytorch(trained, evaluated):
     assert written["max_abs_logit_diff_e6"] < 1e3
 
 
+def test_evaluate_scores_each_variant_file(trained, evaluated):
+    variants = evaluated["variants"]
+    assert list(variants) == ["opt", "fp16", "int8"]
+    model = Path(trained.paths.model)
+    for name, row in variants.items():
+        assert row["size_bytes"] == model.with_name(f"model.{name}.onnx").stat().st_size
+        assert row["accuracy"] > 0.8 and row["prediction_agreement"] >= 0.95, (name, row)
+    assert variants["opt"]["accuracy"] == evaluated["onnx_accuracy"]  # same arithmetic, fp32 tolerances
+    assert variants["int8"]["size_bytes"] < 0.5 * model.stat().st_size
+
+
 def test_evaluate_plots_latency_per_batch_size(trained, evaluated):
     rows = json.loads(Path(trained.paths.latency_plot).read_text())
     assert [row["batch_size"] for row in rows] == list(trained.evaluate.batch_sizes)
     assert all(row["onnxruntime_ms"] > 0 and row["torch_ms"] > 0 for row in rows)
+    assert all(row[f"{name}_ms"] > 0 for row in rows for name in ("opt", "fp16", "int8"))
+
+
+def test_evaluate_leaves_out_a_configured_variant_whose_file_is_missing(trained, evaluated, tmp_path, capsys):
+    model = Path(trained.paths.model)
+    shutil.copy2(model, tmp_path / "model.onnx")
+    shutil.copy2(model.with_name("model.fp16.onnx"), tmp_path / "model.fp16.onnx")
+    cfg = OmegaConf.merge(
+        trained,
+        {
+            "paths": {
+                "model": str(tmp_path / "model.onnx"),
+                "accuracy": str(tmp_path / "accuracy.json"),
+                "latency_plot": str(tmp_path / "latency.json"),
+            },
+            "evaluate": {"batch_sizes": [2], "latency_runs": 1},
+        },
+    )
+    metrics = evaluate(cfg)
+    assert list(metrics["variants"]) == ["fp16"]
+    assert "variant opt was not published" in capsys.readouterr().out
+    (row,) = json.loads((tmp_path / "latency.json").read_text())
+    assert set(row) == {"batch_size", "onnxruntime_ms", "fp16_ms", "torch_ms"}
 
 
 def test_summary_says_where_the_model_is_and_its_accuracy(trained, evaluated):
@@ -244,6 +313,8 @@ def test_summary_says_where_the_model_is_and_its_accuracy(trained, evaluated):
     assert f"{evaluated['onnx_accuracy']:.4f} in ONNX Runtime" in text
     assert re.search(r"opset \d+\)", text)
     assert "validation:  passed" in text
+    for name, row in evaluated["variants"].items():
+        assert re.search(rf"^  {name} +{row['accuracy']:.4f}  agreement ", text, re.M), text
 
 
 def test_summary_names_what_is_missing(tmp_path: Path):

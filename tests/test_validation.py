@@ -126,7 +126,7 @@ def test_configured_sizes_replace_the_default_matrix(mlp_file):
     assert report.torch_latency_ms is None and "torch_latency_ms" not in report.to_dict()
 
 
-def test_real_samples_replace_the_generated_inputs(mlp_file):
+def test_real_samples_add_cases_beside_the_generated_inputs(mlp_file):
     model, x, path = mlp_file
     samples = [torch.randn(3, 4), torch.randn(7, 4)]
 
@@ -134,6 +134,8 @@ def test_real_samples_replace_the_generated_inputs(mlp_file):
 
     assert [(case.label, case.sizes) for case in report.cases] == [
         ("batch=2", {"batch": 2}),
+        ("batch=1", {"batch": 1}),
+        ("batch=5", {"batch": 5}),
         ("sample_0", {"batch": 3}),
         ("sample_1", {"batch": 7}),
     ]
@@ -190,6 +192,31 @@ def test_a_size_eager_pytorch_refuses_is_an_axis_that_is_not_dynamic_not_a_parit
     assert error.axes == {"batch": 5} and error.exit_code == 2
     # sizes the model takes validate
     assert validate(path, model, (x, y), validation={"latency_runs": 0, "sizes": [1]}).passed
+
+
+class Positional(nn.Module):
+    """Token and position embeddings: a sequence longer than its position table is refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(50, 4), nn.Embedding(10, 4)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.tokens(input_ids) + self.positions(torch.arange(input_ids.shape[1]))
+
+
+def test_a_refused_sequence_length_keeps_the_batch_in_the_fix(tmp_path):
+    model, ids = Positional().eval(), torch.randint(0, 50, (2, 6))
+    dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "output": {0: "batch", 1: "sequence"}}
+    path = torchscript_export(model, (ids,), tmp_path / "positional.onnx", ["input_ids"], dynamic=dynamic)
+
+    with pytest.raises(
+        AxisNotDynamicError, match=r"does not accept sequence = 13: this axis is not"
+    ) as raised:
+        validate(path, model, ids, validation={"latency_runs": 0})
+
+    assert "export.dynamic_axes={input_ids: {0: batch}}, or list the sizes" in raised.value.fix
+    assert validate(path, model, ids, validation={"latency_runs": 0, "sizes": [1, 9]}).passed
 
 
 def test_a_refused_axis_fails_the_export_and_publishes_nothing(tmp_path):

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "export": "onnxport.workflow",
     "ExportResult": "onnxport.workflow",
+    "VariantResult": "onnxport.workflow",
     "validate": "onnxport.validation",
     "ValidationReport": "onnxport.validation",
     "unwrap": "onnxport.unwrap",
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from onnxport.load import load_model
     from onnxport.unwrap import unwrap
     from onnxport.validation import ValidationReport, validate
-    from onnxport.workflow import ExportResult, export
+    from onnxport.workflow import ExportResult, VariantResult, export
 
 
 def __getattr__(name: str) -> Any:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from onnxport.config import ExportConfig
+from onnxport.datasource import first_batches, needs_calibration, single_loader
 from onnxport.errors import CheckpointError, ConfigError, ExportError, InputError, one_line
 
 if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
@@ -272,6 +273,8 @@ class OnnxExportCallback(Callback):
                     self._output_path,
                     config=self.config,
                     checkpoint_sha256=checkpoint_sha256,
+                    calibration_samples=_calibration_batches(trainer, pl_module, self.config),
+                    validation_samples=_validation_batches(trainer, pl_module, self.config),
                 )
         self.last_result = result
         return result
@@ -439,30 +442,97 @@ def _progress_through_rank_zero_info() -> Iterator[None]:
 
 def _first_batch_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
     """The input part of the first train batch, as ``training_step`` sees it, on the module's device."""
-    loader = trainer.train_dataloader
-    # Several train loaders come back as the collection the user returned: take the first.
-    while isinstance(loader, (Mapping, list, tuple)) and loader:
-        loader = next(iter(loader.values())) if isinstance(loader, Mapping) else loader[0]
-    if loader is None or isinstance(loader, (Mapping, list, tuple)):
+    loader = single_loader(trainer.train_dataloader)  # several train loaders: the first
+    if loader is None:
         raise InputError(
             f"no example inputs for {type(pl_module).__name__}: the config has no inputs, "
             "example_input_array is None and the Trainer has no train dataloader",
             fix="set self.example_input_array in the LightningModule, or pass inputs=[{name, shape}]",
         )
-    batch = next(iter(loader))
-    batch = pl_module.on_before_batch_transfer(batch, 0)
-    batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-    batch = pl_module.on_after_batch_transfer(batch, 0)
-    return _input_part(batch, pl_module)
+    with _generators_kept(loader):
+        return first_batches(loader, 1, pl_module)[0]
 
 
-def _input_part(batch: Any, pl_module: pl.LightningModule) -> Any:
-    if isinstance(batch, (list, tuple)) and batch:
-        return batch[0]
-    if isinstance(batch, Mapping):
-        import inspect
+def _calibration_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, config: ExportConfig) -> Any:
+    """The first ``calibration.batches`` batches of the ``calibration.split`` loader, for static int8.
 
-        parameters = inspect.signature(pl_module.forward).parameters
-        named = {key: value for key, value in batch.items() if key in parameters}
-        return named or dict(batch)
-    return batch
+    Only when a static int8 variant has no data of its own (``npz`` or ``datamodule``): then the
+    run's own data is the calibration set, read through the Trainer's loader of that split (or
+    its datamodule's / module's ``<split>_dataloader()`` when the Trainer holds none), as
+    ``forward`` takes it. ``None`` when no variant needs it.
+    """
+    wanted = [
+        variant.calibration
+        for variant in config.variants
+        if needs_calibration(variant) and not variant.calibration.npz and not variant.calibration.datamodule
+    ]
+    if not wanted:
+        return None
+    split = wanted[0].split  # one set of samples serves every static variant: the first one's split
+    count = max(calibration.batches for calibration in wanted if calibration.split == split)
+    loader = _split_loader(trainer, pl_module, split)
+    with _generators_kept(loader):
+        batches = first_batches(loader, count, pl_module)
+    rank_zero_info(f"OnnxExportCallback: calibrating on {len(batches)} batches of the {split} loader")
+    return batches
+
+
+def _validation_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, config: ExportConfig) -> Any:
+    """Real inputs for int8 variants to be judged on: the first batches of the run's val loader.
+
+    int8 is judged by agreement on real cases when there are any; on generated inputs, far from
+    the data it was calibrated on, a good int8 file can look broken. ``None`` (generated cases
+    only) when no variant is int8, ``export.validation.data`` names data already, validation is
+    off, or the run has no val loader. As many batches as the int8 variants calibrate on.
+    """
+    int8 = [variant for variant in config.variants if variant.precision == "int8"]
+    if not int8 or config.validation.data or not config.validation.enabled:
+        return None
+    try:
+        loader = _split_loader(trainer, pl_module, "val")
+    except InputError:
+        return None
+    with _generators_kept(loader):
+        batches = first_batches(loader, max(variant.calibration.batches for variant in int8), pl_module)
+    rank_zero_info(f"OnnxExportCallback: validating on {len(batches)} batches of the val loader too")
+    return batches
+
+
+def _split_loader(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> Any:
+    """The first ``split`` loader: the Trainer's, else its datamodule's or module's."""
+    held = {"train": "train_dataloader", "val": "val_dataloaders", "test": "test_dataloaders"}[split]
+    loader = single_loader(getattr(trainer, held, None))
+    for source in (trainer.datamodule, pl_module):
+        if loader is not None:
+            break
+        method = getattr(source, f"{split}_dataloader", None)
+        if callable(method):
+            try:
+                loader = single_loader(method())
+            except Exception:  # Lightning's default hook raises "not implemented"
+                loader = None
+    if loader is None:
+        raise InputError(
+            f"static int8 calibration reads the {split} loader, but the Trainer, its datamodule "
+            f"and {type(pl_module).__name__} have no {split} dataloader",
+            fix="set calibration.split to a split the run has (train, val, test), "
+            "or calibration.npz to an .npz of inputs",
+        )
+    return loader
+
+
+@contextmanager
+def _generators_kept(loader: Any) -> Iterator[None]:
+    """Restore the state of the torch generators a loader and its samplers draw from."""
+    holders = [
+        loader,
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ]
+    generators = {id(g): g for h in holders if (g := getattr(h, "generator", None)) is not None}
+    states = {key: generator.get_state() for key, generator in generators.items()}
+    try:
+        yield
+    finally:
+        for key, generator in generators.items():
+            generator.set_state(states[key])

@@ -513,16 +513,17 @@ def probed_axes(
         batch_only = {name: {0: axes[0]} for name, axes in wanted.items() if 0 in axes}
         found, grown, second = _try_sizes(model, inputs, batch_only, config.validation.seed)
         dropped = sorted(name for name, axes in wanted.items() if set(axes) - {0})
-        static.append(f"the sequence axis of {', '.join(dropped)} ({type(error).__name__}: {_short(error)})")
+        static.append(f"the sequence axis of {', '.join(dropped)} (the model raised {_short(error)})")
         wanted, error = batch_only, second
     if error is not None:
-        listed = ", ".join(wanted)
+        tried = sorted({size for (_, axis_name), size in grown.items() if axis_name == BATCH_AXIS_NAME})
         static.append(
-            f"axis 0 of {listed} ({type(model).__name__} raised {type(error).__name__}: {_short(error)})"
+            f"axis 0 of {', '.join(wanted)} ({type(model).__name__} raised at {tried[0] if tried else '?'}: "
+            f"{_short(error)})"
         )
         wanted = {}
     if static:
-        logger.info("static (the model does not run with it changed): %s", "; ".join(static))
+        logger.info("kept static: %s", "; ".join(static))
     axes = dict(wanted)
     if found is not None and outputs is not None and len(found) == len(outputs):
         for name, before, after in zip(output_names, outputs, found, strict=True):
@@ -607,7 +608,7 @@ def _by_coincidence(
 def _short(error: BaseException) -> str:
     from onnxport.errors import one_line
 
-    return one_line(error, limit=160)
+    return f"{type(error).__name__}: {one_line(error, limit=160)}"
 
 
 def _axis_map(name: str, spec: Any, rank: int | None) -> dict[int, str]:

@@ -53,6 +53,7 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
         if key.startswith(METADATA_PREFIX)
     }
     operators = Counter(_operators(graph))
+    variant = _variant(provenance)
     return {
         "path": str(path),
         "file_bytes": path.stat().st_size,
@@ -69,7 +70,8 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
         "nodes": sum(operators.values()),
         "provenance": provenance,
         "metadata": {k: v for k, v in sorted(metadata.items()) if not k.startswith(METADATA_PREFIX)},
-        "validation": _validation_report(path, provenance, beside),
+        "variant": variant,
+        **_validation_report(path, provenance, beside, variant),
     }
 
 
@@ -123,6 +125,14 @@ def format_report(info: dict[str, Any]) -> str:
                 lines.append(f"  {keys[key]:<{width}}  {_shown(text)}")
     if not info["provenance"]:
         lines.append("provenance: none (not written by onnxport)")
+    variant = info.get("variant")
+    if variant is not None:
+        source = _shown(variant.get("source_sha256") or "?")
+        lines.append(
+            f"variant: {_shown(variant['name'])}, transform {_shown(variant.get('transform') or '?')} "
+            f"({_shown(_plain_text(variant.get('transform_versions')) or '?')}), "
+            f"made from the fp32 file with sha256 {source}"
+        )
     validation = info["validation"]
     if validation is None:
         lines.append("validation: no report")
@@ -132,7 +142,66 @@ def format_report(info: dict[str, Any]) -> str:
         dirty = " (dirty)" if run.get("git_dirty") is True else ""
         where = f" ({_shown(validation['path'])})" + (f"; git {git}{dirty}" if git else "")
         lines.append(f"validation: {validation['verdict']}{where}")
+    if info.get("files"):
+        lines += _files_table(info["files"])
     return "\n".join(lines)
+
+
+def _files_table(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per file of the run: size, ORT latency at batch 1 and 32, worst difference or agreement."""
+    cells = [
+        (
+            _shown(row["name"], 24)
+            + (f" ({_shown(Path(row['path']).name, 60)})" if isinstance(row.get("path"), str) else ""),
+            _human(row["size_bytes"]) if isinstance(row.get("size_bytes"), (int, float)) else "?",
+            _ms(row.get("ort_ms_batch1")),
+            _ms(row.get("ort_ms_batch32")),
+            _worst(row),
+            _verdict(row),
+        )
+        for row in rows
+    ]
+    header = ("file", "size", "b1 ms", "b32 ms", "worst difference / agreement", "")
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+    return ["files of this run:"] + [
+        "  "
+        + "  ".join(
+            cell.ljust(width) if i in (0, 4) else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+        for line in [header, *cells]
+    ]
+
+
+def _worst(row: dict[str, Any]) -> str:
+    """The largest difference and, for variants, the lowest agreement (int8 is judged by these)."""
+    shown = (("max_abs_diff", "max |diff| {:.2e}"), ("min_cosine", "cosine {:.6f}"), ("top1", "top-1 {:.4f}"))
+    parts = [
+        text.format(row[key])
+        for key, text in shown
+        if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+    ]
+    return ", ".join(parts) or "-"
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    if row.get("passed") in (1, True):
+        return "passed"
+    return "FAILED (published anyway)" if row.get("published") in (1, True) else "FAILED (rejected)"
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _plain_text(value: Any) -> str:
+    if value is None or isinstance(value, str):
+        return value or ""
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {_plain_text(item)}" for key, item in value.items())
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return json.dumps(value, sort_keys=True) if isinstance(value, list) else str(value)
 
 
 def _shown(value: Any, limit: int = TEXT_LIMIT) -> str:
@@ -143,19 +212,42 @@ def _shown(value: Any, limit: int = TEXT_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _validation_report(path: Path, provenance: dict[str, Any], data: list[Path]) -> dict[str, Any] | None:
-    """Verdict and run context (git commit, host) from the report written at export.
+VARIANT_KEY = "variant"
+"""A variant file's provenance under ``onnxport.variant`` (its name) and ``onnxport.variant.*``."""
+
+
+def _variant(provenance: dict[str, Any]) -> dict[str, Any] | None:
+    """``{name, transform, transform_versions, source_sha256, config}`` of a variant file, else ``None``."""
+    name = provenance.get(VARIANT_KEY)
+    if not isinstance(name, str):
+        return None
+    prefix = f"{VARIANT_KEY}."
+    return {"name": name} | {
+        key[len(prefix) :]: value for key, value in provenance.items() if key.startswith(prefix)
+    }
+
+
+def _validation_report(
+    path: Path, provenance: dict[str, Any], data: list[Path], variant: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``validation`` (verdict and run context) and ``files`` (one row per file of the run) from the
+    report written at export.
 
     The git commit is kept out of the ONNX file on purpose (same model, same bytes), so the
     report is where it is found: the configured ``validation.report`` when it lies beside the
-    file or under its directory, else ``<stem>.validation.json`` beside it. Only a regular
-    file under the size cap is read. A report that names another artifact's sha256 is stale
-    (the model was replaced since) and is not shown.
+    file or under its directory, else ``<stem>.validation.json`` beside it; for a variant
+    ``<stem>.<name>.onnx``, the report of its fp32 file ``<stem>.onnx``. Only a regular file
+    under the size cap is read. A report that names another artifact's sha256 is stale (the
+    model was replaced since) and is not shown: for a variant, the report must name the fp32
+    file the variant was made from and, in its row, the variant's own sha256.
     """
     config = provenance.get("config")
     validation = config.get("validation") if isinstance(config, dict) else None
     configured = validation.get("report") if isinstance(validation, dict) else None
-    candidates = [path.with_name(f"{path.stem}.validation.json")]
+    stem = path.stem
+    if variant is not None and stem.endswith(f".{variant['name']}"):
+        stem = stem[: -len(variant["name"]) - 1]
+    candidates = [path.with_name(f"{stem}.validation.json")]
     if isinstance(configured, str) and configured:
         candidates.insert(0, Path(configured))
         candidates.insert(1, path.parent / configured)
@@ -168,16 +260,54 @@ def _validation_report(path: Path, provenance: dict[str, Any], data: list[Path])
             continue
         run = content.get("run")
         run = run if isinstance(run, dict) else {}
-        vouched = run.get("onnx_sha256")
         if sha256 is None:
             sha256 = artifact_sha256(path, [file for file in data if file.is_file()])
-        if vouched != sha256:
-            continue
-        verdict = "passed" if content.get("passed") == 1 or content.get("passed") is True else "FAILED"
+        rows = _file_rows(content)
+        if variant is None:
+            if run.get("onnx_sha256") != sha256:
+                continue
+            passed = content.get("passed") == 1 or content.get("passed") is True
+        else:
+            own = content.get("variants")
+            own = own.get(variant["name"]) if isinstance(own, dict) else None
+            if run.get("onnx_sha256") != variant.get("source_sha256") or not isinstance(own, dict):
+                continue
+            if own.get("sha256") != sha256:  # the variant was made again since
+                continue
+            passed = own.get("passed") in (1, True)
+        verdict = "passed" if passed else "FAILED"
         if content.get("validated") == 0:
             verdict = "not validated (validation was disabled)"
-        return {"path": str(report), "passed": verdict == "passed", "verdict": verdict, "run": run}
-    return None
+        found = {"path": str(report), "passed": verdict == "passed", "verdict": verdict, "run": run}
+        return {"validation": found, "files": rows}
+    return {"validation": None, "files": []}
+
+
+FILE_ROW_KEYS = (
+    "name",
+    "path",
+    "size_bytes",
+    "ort_ms_batch1",
+    "ort_ms_batch32",
+    "max_abs_diff",
+    "min_cosine",
+    "top1",
+    "passed",
+    "published",
+)
+"""What a row of the report's ``files`` table holds (``name`` is ``fp32`` for the main file)."""
+
+
+def _file_rows(content: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's ``files`` rows (fp32 file and each variant), well-formed ones only."""
+    rows = content.get("files")
+    if not isinstance(rows, list):
+        return []
+    return [
+        {key: row[key] for key in FILE_ROW_KEYS if key in row}
+        for row in rows
+        if isinstance(row, dict) and isinstance(row.get("name"), str)
+    ]
 
 
 def _text(value: str | bytes) -> str:

@@ -1,6 +1,6 @@
 """Progress lines: each phase of an export says when it finished and how long it took.
 
-Phases (``load``, ``export``, ``check``, ``validate``, ``publish``) log
+Phases (``load``, ``export``, ``check``, ``validate``, ``variant <name>``, ``publish``) log
 ``"<phase> done in X s"`` at INFO on a logger under ``onnxport``. The doors decide where the
 lines go: the CLI prints them on stderr as they come, the callback through ``rank_zero_info``.
 Standard library only.
@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Iterator
 
-PROGRESS_LINE = re.compile(r"\w+ done in [\d.]+ s")
+PROGRESS_LINE = re.compile(r"\w+(?: [\w-]+)? done in [\d.]+ s")
 """What a phase logs when it finishes; the doors pick these records out of the INFO stream."""
 
 logger = logging.getLogger("onnxport.progress")

@@ -778,3 +778,39 @@ def keep_rejected(staged: Path, output: Path) -> Path:
             rejected_data.unlink(missing_ok=True)  # left by an earlier rejected external export
         os.replace(staged, rejected)
     return rejected
+
+
+def remove_stale_variants(output: Path, published: Iterable[str], rejected: Iterable[str] = ()) -> list[Path]:
+    """Remove the variant files of ``output`` this run did not write, after it published.
+
+    ``<stem>.<name>.onnx`` stays when this run published ``name``; ``<stem>.<name>.rejected.onnx``
+    (with its report) when this run rejected ``name``. Everything else named like a variant of
+    ``output`` whose metadata says onnxport wrote it as that variant goes, with its data files: a
+    variant dropped from ``export.variants``, or one made from a previous fp32 file. Nothing else
+    is touched.
+    """
+    import onnx
+
+    published, rejected = set(published), set(rejected)
+    removed: list[Path] = []
+    prefix = f"{output.stem}."
+    for candidate in sorted(output.parent.glob(f"{glob_escape(output.stem)}.*.onnx")):
+        name = candidate.name[len(prefix) : -len(".onnx")]
+        is_rejected = name.endswith(".rejected")
+        name = name.removesuffix(".rejected")
+        if candidate == output or not name or name in (rejected if is_rejected else published):
+            continue
+        try:
+            header = onnx.load(str(candidate), load_external_data=False)
+        except Exception:  # not an ONNX file: not ours
+            continue
+        if {entry.key: entry.value for entry in header.metadata_props}.get("onnxport.variant") != name:
+            continue
+        files = [*data_files(candidate), candidate]
+        if is_rejected:
+            files += [Path(f"{candidate}.data"), candidate.with_name(f"{candidate.stem}.validation.json")]
+        for path in files:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed

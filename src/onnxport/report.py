@@ -48,6 +48,12 @@ class OutputCheck:
     """NaN and Inf in the torch output are expected (``per_output.<name>.allow_nonfinite``)."""
     tolerance_use: float = 0.0
     """``max(|ort - torch| / (atol + rtol*|torch|))``: 1.0 is at the limit, above it fails."""
+    judged_by_tolerance: bool = True
+    """``False`` for an int8 variant: its differences are reported, agreement decides."""
+    cosine: Optional[float] = None
+    """Cosine similarity of the whole output with torch's (variants only)."""
+    min_cosine: Optional[float] = None
+    """The smallest cosine that passes; ``None``: not checked here."""
 
     @property
     def non_finite(self) -> bool:
@@ -59,7 +65,11 @@ class OutputCheck:
     @property
     def passed(self) -> bool:
         # NaN and unmatched Inf count as mismatched elements; a non-finite reference fails unless allowed
-        return self.error is None and self.mismatch_pct == 0.0 and not self.non_finite
+        if self.error is not None or self.non_finite:
+            return False
+        if self.min_cosine is not None and (self.cosine is None or self.cosine < self.min_cosine):
+            return False
+        return self.mismatch_pct == 0.0 or not self.judged_by_tolerance
 
     def problem(self) -> str:
         """One phrase saying why this output failed."""
@@ -76,13 +86,17 @@ class OutputCheck:
             return f"NaN found in the {' and '.join(nan)} output"
         if self.inf_torch != self.inf_ort:
             return f"Inf found in {self.inf_torch} torch elements but {self.inf_ort} onnxruntime elements"
+        if self.min_cosine is not None and (self.cosine or 0.0) < self.min_cosine:
+            return f"cosine={self.cosine:.6f} < min_cosine={self.min_cosine:g}"
         return (
             f"max_abs_diff={self.max_abs_diff:.1e} > atol={self.atol:.0e}+rtol={self.rtol:.0e}*|torch| "
             f"({self.mismatch_pct:.3g}% of elements)"
         )
 
     def metrics(self) -> dict[str, float]:
+        extra = {} if self.cosine is None else {"cosine": self.cosine}
         return {
+            **extra,
             "passed": int(self.passed),
             "max_abs_diff": self.max_abs_diff,
             "max_rel_diff": self.max_rel_diff,
@@ -138,6 +152,12 @@ class ValidationReport:
     """With ``validation.localize``: the first operator whose output diverges, as a phrase."""
     run: dict[str, Any] = field(default_factory=dict)
     """Run context (git commit and dirty flag, host, time); kept out of the model file."""
+    files: list[FileRow] = field(default_factory=list)
+    """One row per file of the run: the fp32 file first, then each variant (``export.variants``)."""
+    variants: list[VariantReport] = field(default_factory=list)
+    """Each variant's full comparison with the PyTorch model."""
+    reference: Any = field(default=None, repr=False, compare=False)
+    """The cases and eager outputs validation computed, reused to validate the variants."""
 
     @property
     def passed(self) -> bool:
@@ -197,6 +217,10 @@ class ValidationReport:
         metrics["tolerances"] = {"atol": self.atol, "rtol": self.rtol, **self.per_output}
         if self.case_latency:
             metrics["latency"] = self.case_latency
+        if self.files:
+            metrics["files"] = [row.to_dict() for row in self.files]
+        if self.variants:
+            metrics["variants"] = {variant.name: variant.to_dict() for variant in self.variants}
         metrics["run"] = dict(self.run)
         return metrics
 
@@ -220,6 +244,8 @@ class ValidationReport:
             metrics["tolerance_use_by_output"] = {
                 name: _readable(self.worst("tolerance_use", name)) for name in names
             }
+        if self.variants:
+            metrics["variants"] = {variant.name: variant.metrics() for variant in self.variants}
         return metrics
 
     def plots(self) -> dict[str, list[dict[str, Any]]]:
@@ -298,10 +324,176 @@ class ValidationReport:
                 f"latency at the export shape (median): torch {self.torch_latency_ms:.3f} ms, "
                 f"onnxruntime {self.ort_latency_ms:.3f} ms"
             )
+        if self.files:
+            lines += ["", files_table(self.files)]
+        for variant in self.variants:
+            lines += [f"✗ {variant.name}: {variant.failure_message()}"] if not variant.passed else []
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.summary()
+
+
+# -- variants --------------------------------------------------------------------------------
+
+
+@dataclass
+class FileRow:
+    """One file of the run, side by side with the others: size, speed, distance from PyTorch."""
+
+    name: str
+    """``fp32`` for the main file, else the variant's name."""
+    path: str
+    size_bytes: int
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    """Median ONNX Runtime milliseconds by case: ``batch=1`` and ``batch=32`` when the batch axis is
+    dynamic, else ``export``; empty with ``latency_runs: 0``."""
+    max_abs_diff: Optional[float] = None
+    min_cosine: Optional[float] = None
+    top1: Optional[float] = None
+    """Smallest top-1 agreement with PyTorch over the class-score outputs (``None``: none judged)."""
+    passed: bool = True
+    published: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        row = {
+            "name": self.name,
+            "path": self.path,
+            "size_bytes": self.size_bytes,
+            **{f"ort_ms_{case.replace('=', '')}": ms for case, ms in self.latency_ms.items()},
+            "passed": int(self.passed),
+            "published": int(self.published),
+        }
+        for key in ("max_abs_diff", "min_cosine", "top1"):
+            if getattr(self, key) is not None:
+                row[key] = getattr(self, key)
+        return row
+
+
+def files_table(rows: list[FileRow]) -> str:
+    """The files of one run as a table for people."""
+    cases = list(dict.fromkeys(case for row in rows for case in row.latency_ms))
+    header = ("", "file", "size", *(f"ort ms {case}" for case in cases), "max_abs_diff", "cosine", "top1")
+    table = [header]
+    for row in rows:
+        mark = "✓" if row.passed else "✗" if not row.published else "!"
+        table.append(
+            (
+                mark,
+                f"{row.name} ({Path(row.path).name})",
+                _size(row.size_bytes),
+                *(f"{row.latency_ms[c]:.3f}" if c in row.latency_ms else "-" for c in cases),
+                "-" if row.max_abs_diff is None else f"{row.max_abs_diff:.2e}",
+                "-" if row.min_cosine is None else f"{row.min_cosine:.6f}",
+                "-" if row.top1 is None else f"{row.top1:.4f}",
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table)
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+@dataclass
+class VariantReport:
+    """One variant compared with the PyTorch model over the fp32 validation's cases."""
+
+    name: str
+    onnx_path: str
+    criteria: dict[str, Any]
+    """The thresholds used: ``atol``, ``rtol``, ``min_cosine``, ``min_top1`` and ``per_output``."""
+    cases: list[CaseResult] = field(default_factory=list)
+    top1: dict[str, float] = field(default_factory=dict)
+    """Top-1 agreement with PyTorch per class-score output, pooled over the judged cases' rows."""
+    top1_rows: dict[str, int] = field(default_factory=dict)
+    """How many rows each top-1 agreement is over."""
+    unjudged: list[str] = field(default_factory=list)
+    """Cases reported but not judged: generated inputs, for int8 when real data was compared too."""
+    min_top1: dict[str, float] = field(default_factory=dict)
+    """The top-1 thresholds judged, per output: only over enough rows (see ``export.variants[].min_top1``)."""
+    size_bytes: int = 0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    sha256: str = ""
+    on_mismatch: str = "fail"
+
+    @property
+    def judged(self) -> list[CaseResult]:
+        return [case for case in self.cases if case.label not in self.unjudged]
+
+    @property
+    def passed(self) -> bool:
+        cases = self.judged
+        top1 = all(self.top1.get(name, 1.0) >= low for name, low in self.min_top1.items())
+        return bool(cases) and all(case.passed for case in cases) and top1
+
+    def worst(self, field: str) -> Optional[float]:
+        values = [
+            getattr(o, field) for case in self.judged for o in case.outputs if getattr(o, field) is not None
+        ]
+        if not values:
+            return None
+        return min(values) if field == "cosine" else max(values)
+
+    def failure_message(self, limit: int = 3) -> str:
+        reasons = [reason for case in self.judged if not case.passed for reason in case.failures()]
+        reasons += [
+            f"{name} top-1 agreement {self.top1.get(name, 0.0):.4f} < min_top1={low:g}"
+            for name, low in self.min_top1.items()
+            if self.top1.get(name, 1.0) < low
+        ]
+        more = f"; and {len(reasons) - limit} more" if len(reasons) > limit else ""
+        return f"variant {self.name!r} does not match the PyTorch model: {'; '.join(reasons[:limit])}{more}"
+
+    def row(self, published: bool) -> FileRow:
+        return FileRow(
+            self.name,
+            self.onnx_path,
+            self.size_bytes,
+            dict(self.latency_ms),
+            max_abs_diff=self.worst("max_abs_diff"),
+            min_cosine=self.worst("cosine"),
+            top1=min(self.top1.values()) if self.top1 else None,
+            passed=self.passed,
+            published=published,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        outputs: dict[str, dict[str, Any]] = {}
+        for case in self.cases:
+            for output in case.outputs:
+                outputs.setdefault(output.name, {})[case.label] = output.metrics()
+        return {
+            "passed": int(self.passed),
+            "path": self.onnx_path,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "criteria": self.criteria,
+            "top1": dict(self.top1),
+            "top1_rows": dict(self.top1_rows),
+            "unjudged_cases": list(self.unjudged),
+            "failed_cases": [case.label for case in self.judged if not case.passed],
+            "errors": [reason for case in self.cases if case.error for reason in case.failures()],
+            "outputs": outputs,
+        }
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers only, for ``dvc metrics``: passed, size, worst difference, agreement."""
+        metrics: dict[str, float] = {"passed": int(self.passed), "size_bytes": self.size_bytes}
+        worst = self.worst("max_abs_diff")
+        if worst is not None:
+            metrics["max_abs_diff_e6"] = _readable(1e6 * worst)
+        cosine = self.worst("cosine")
+        if cosine is not None:
+            metrics["min_cosine"] = _readable(cosine)
+        if self.top1:
+            metrics["top1"] = _readable(min(self.top1.values()))
+        return metrics
 
 
 # -- writing reports -------------------------------------------------------------------------

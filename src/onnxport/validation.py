@@ -9,7 +9,9 @@ Checks run in order and each failure is its own :class:`~onnxport.errors.Validat
    count and in the names ``export`` gives them.
 4. Parity with eager PyTorch in float32 (TF32 off) over a shape matrix built from the
    graph's own symbolic dimensions: every dynamic axis at 1, the export size and a
-   larger size, with seeded inputs of the right dtypes (or the caller's real samples).
+   larger size, with seeded inputs shaped like the example's values (padded masks, type-id
+   segments, integer ranges: :func:`onnxport.inputs.generate_like`) or the caller's real samples.
+   A size eager PyTorch itself refuses is an :class:`~onnxport.errors.AxisNotDynamicError`.
 
 PyTorch's ``verify=True`` only warns and only at the export inputs; here a parity
 failure raises unless ``validation.on_mismatch`` is ``warn``.
@@ -30,8 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 
-from onnxport.config import ExportConfig, ValidationConfig
-from onnxport.conventions import vocab_size
+from onnxport.config import ExportConfig, ValidationConfig, VariantConfig
 from onnxport.errors import (
     AxisNotDynamicError,
     CheckerError,
@@ -49,7 +50,7 @@ from onnxport.model_state import preserved_state, probe
 from onnxport.parity import compare, first_divergence, to_numpy
 from onnxport.progress import done, phase
 from onnxport.provenance import run_context
-from onnxport.report import CaseResult, ValidationReport
+from onnxport.report import CaseResult, OutputCheck, ValidationReport, VariantReport
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -79,8 +80,8 @@ def validate(
         example_inputs: the export inputs (tensor, tuple, dict or prepared ``ModelInputs``).
         config: an ``ExportConfig``, a mapping or ``None``; ``options`` are merged into it,
             e.g. ``validation={"atol": 1e-3, "on_mismatch": "warn"}``.
-        samples: real inputs in the same structure as ``example_inputs``; when given they
-            replace the generated inputs of the shape matrix.
+        samples: real inputs in the same structure as ``example_inputs``; each is one more
+            case beside the generated shape matrix.
 
     Returns:
         The :class:`ValidationReport`; ``report.passed`` is ``False`` only with
@@ -90,6 +91,8 @@ def validate(
     Raises:
         CheckerError, SessionError, SignatureMismatchError: the file is broken or does not fit.
         ParityError (NonFiniteError for NaN/Inf): outputs differ and ``on_mismatch="fail"``.
+        AxisNotDynamicError (a ConfigError, exit 2): eager PyTorch itself refuses a size the graph's
+            dynamic axis allows, whatever ``on_mismatch`` says: the axis is not dynamic.
 
     Example::
 
@@ -147,10 +150,10 @@ def run_validation(
         _check_signature(path, graph_inputs, graph_outputs, example, config.output_names or output_names)
         axes = _dynamic_axes(graph_inputs, example)
         cases = [_Case(_label(axes.export_sizes), axes.export_sizes, example)]
-        if samples:
-            cases += [_sample_case(i, model, sample, axes, config) for i, sample in enumerate(samples)]
-        else:
-            cases += _generated_cases(example, axes, settings, vocab_size(model))
+        from onnxport.conventions import vocab_size
+
+        cases += _generated_cases(example, axes, settings, vocab_size(model))
+        cases += [_sample_case(i, model, sample, axes, config) for i, sample in enumerate(samples or ())]
         tolerances = {name: _tolerance(settings, name) for name in graph_outputs}  # (atol, rtol, allow)
         runs = settings.latency_runs
         results = [_run_case(case, model, session, graph_outputs, tolerances, runs) for case in cases]
@@ -172,6 +175,7 @@ def run_validation(
         first_divergence=divergence,
         # The file's hash ties the report to the exact bytes it vouches for (`onnxport inspect`).
         run={**run_context(), "onnx_sha256": onnx_sha256 or artifact_sha256(path, data_files(path))},
+        reference=Reference(cases, graph_outputs, axes, example),
     )
     if report.passed:
         done("validate", started)
@@ -307,7 +311,7 @@ def _sample_case(index: int, model: Any, sample: Any, axes: _Axes, config: Expor
     sizes = {
         symbol: inputs.tensors()[where[0][0]].shape[where[0][1]] for symbol, where in axes.positions.items()
     }
-    return _Case(f"sample_{index}", sizes, inputs)
+    return _Case(f"sample_{index}", sizes, inputs, real=True)
 
 
 # -- the shape matrix ----------------------------------------------------------------------
@@ -326,9 +330,23 @@ class _Case:
     label: str
     sizes: dict[str, int]
     inputs: ModelInputs
+    real: bool = False
+    """The caller's data, not generated inputs."""
+    expected: Optional[list[np.ndarray]] = None
+    """The eager outputs, once computed (``None``: torch could not run this case)."""
     seed: Optional[int] = None
     """The seed of generated inputs; ``None`` for the example and the caller's samples."""
     vocab: Optional[int] = None
+
+
+@dataclass
+class Reference:
+    """What the fp32 validation computed and the variants are compared with: cases, eager outputs."""
+
+    cases: list[_Case]
+    output_names: list[str]
+    axes: _Axes
+    example: ModelInputs
 
 
 def _dynamic_axes(graph_inputs: list[Any], example: ModelInputs) -> _Axes:
@@ -361,12 +379,12 @@ def _generated_cases(
     cases = []
     for number, sizes in enumerate(matrix, start=1):
         inputs = _random_inputs(example, axes, sizes, settings.seed + number, vocab)
-        cases.append(_Case(_label(sizes), sizes, inputs, settings.seed + number, vocab))
+        cases.append(_Case(_label(sizes), sizes, inputs, seed=settings.seed + number, vocab=vocab))
     return cases
 
 
 def _random_inputs(
-    example: ModelInputs, axes: _Axes, sizes: dict[str, int], seed: int, vocab: Optional[int]
+    example: ModelInputs, axes: _Axes, sizes: dict[str, int], seed: int, vocab: Optional[int] = None
 ) -> ModelInputs:
     """Seeded inputs like ``example`` with the dynamic axes resized: values as the example shows them."""
     resized: dict[str, dict[int, int]] = {}
@@ -409,17 +427,24 @@ def _where(example: ModelInputs, axes: _Axes, symbol: str) -> str:
 
 
 def _static_fix(example: ModelInputs, axes: _Axes, changed: dict[str, int]) -> str:
-    """The settings that keep the refused axes static, or validate only sizes the model takes."""
-    keep = []
-    for symbol in changed:
-        names = sorted({example.names[index] for index, _ in axes.positions[symbol]})
-        static = ", ".join(f"{name}: {{}}" for name in names)
-        batch = " (or export.dynamic_batch=false)" if symbol == "batch" else ""
-        keep.append(f"export.dynamic_axes={{{static}}}{batch}")
+    """The settings that keep the refused axes static (the inputs' other axes stay), or other sizes."""
+    kept: dict[str, dict[int, str]] = {}
+    for symbol, where in axes.positions.items():
+        for index, axis in where:
+            entry = kept.setdefault(example.names[index], {})
+            if symbol not in changed:
+                entry[axis] = symbol
+    touched = sorted({example.names[index] for symbol in changed for index, _ in axes.positions[symbol]})
+    setting = ", ".join(f"{name}: {_axis_text(kept[name])}" for name in touched)
+    batch = " (or export.dynamic_batch=false)" if set(changed) == {"batch"} else ""
     return (
-        f"keep the axis static with {' and '.join(keep)}, or list the sizes the model takes in "
-        "export.validation.sizes"
+        f"keep the axis static with export.dynamic_axes={{{setting}}}{batch}, or list the sizes the "
+        "model takes in export.validation.sizes"
     )
+
+
+def _axis_text(mapping: dict[int, str]) -> str:
+    return "{" + ", ".join(f"{axis}: {name}" for axis, name in sorted(mapping.items())) + "}"
 
 
 def _label(sizes: dict[str, int]) -> str:
@@ -442,6 +467,7 @@ def _run_case(
     try:
         expected, result.torch_ms = _timed(lambda: case.inputs.call(model), latency_runs)
         expected = _flat_outputs(expected)
+        case.expected = [to_numpy(value) for value in expected]
     except Exception as error:  # the model itself cannot run at this size
         result.error = f"torch raised {type(error).__name__}: {one_line(error)}"
         return result
@@ -530,3 +556,228 @@ def _exact_float32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# -- variants --------------------------------------------------------------------------------
+
+FP16_ATOL = 1e-2
+"""Default absolute tolerance of an fp16 variant. Its weights round at ~5e-4 relative; measured worst
+differences: 1.2e-3 on a 4-layer d=256 TransformerEncoder (outputs ~1), 1.1e-2 on the trained digits
+CNN's logits (magnitude ~10, inside ``FP16_RTOL``)."""
+FP16_RTOL = 1e-2
+"""Default relative tolerance of an fp16 variant."""
+INT8_MIN_COSINE = 0.99
+"""Default smallest cosine similarity of an int8 variant's output with PyTorch's, per case. Measured:
+0.99995+ (digits CNN, dynamic and static on real digits), 0.9992 (TransformerEncoder 4x256, static)."""
+INT8_MIN_TOP1 = 0.95
+"""Default smallest top-1 agreement of an int8 variant's class scores with PyTorch's (measured 1.0
+on the trained digits CNN over 320 real images, dynamic and static)."""
+
+
+def variant_criteria(variant: VariantConfig, settings: ValidationConfig, output: str) -> dict[str, Any]:
+    """``atol``, ``rtol``, ``min_cosine``, ``min_top1`` for one output of ``variant`` (``None``: not checked).
+
+    Defaults by precision: fp32 (optimised) keeps ``export.validation``'s tolerances, fp16 uses
+    :data:`FP16_ATOL`/:data:`FP16_RTOL`, int8 is judged by agreement (:data:`INT8_MIN_COSINE`,
+    :data:`INT8_MIN_TOP1`). The variant's values override them, ``per_output`` overrides those.
+    """
+    atol, rtol, allow = _tolerance(settings, output)
+    defaults: dict[str, Optional[float]] = {
+        "fp32": {"atol": atol, "rtol": rtol, "min_cosine": None, "min_top1": None},
+        "fp16": {"atol": FP16_ATOL, "rtol": FP16_RTOL, "min_cosine": None, "min_top1": None},
+        "int8": {"atol": None, "rtol": None, "min_cosine": INT8_MIN_COSINE, "min_top1": INT8_MIN_TOP1},
+    }[variant.precision]
+    override = variant.per_output.get(output)
+    chosen = {}
+    for key, default in defaults.items():
+        value = getattr(override, key, None) if override is not None else None
+        chosen[key] = (
+            value
+            if value is not None
+            else getattr(variant, key)
+            if getattr(variant, key) is not None
+            else default
+        )
+    if chosen["atol"] is not None or chosen["rtol"] is not None:
+        chosen["atol"] = chosen["atol"] or 0.0
+        chosen["rtol"] = chosen["rtol"] or 0.0
+    chosen["allow_nonfinite"] = allow  # export.validation.per_output.<name>.allow_nonfinite holds here too
+    return chosen
+
+
+def validate_variant(
+    path: Path,
+    reference: Reference,
+    variant: VariantConfig,
+    settings: ValidationConfig,
+    *,
+    published_as: Path,
+    extra_cases: Sequence[_Case] = (),
+) -> VariantReport:
+    """Compare the variant at ``path`` with the eager outputs the fp32 validation computed.
+
+    Every case of the fp32 validation is run, then ``extra_cases`` (:func:`calibration_cases`).
+    For int8, when real data was among the cases (``validation_samples``, ``export.validation.data``,
+    calibration batches), generated cases are reported but not judged: a quantized model is
+    calibrated to its data's range, and random inputs outside it say nothing about its accuracy.
+    Never raises for a mismatch: the caller applies ``on_mismatch``.
+    """
+    names = reference.output_names
+    criteria = {name: variant_criteria(variant, settings, name) for name in names}
+    report = VariantReport(variant.name, str(published_as), {}, on_mismatch=variant.on_mismatch)
+    try:
+        check_file(path)
+        session = open_session(path)
+    except (CheckerError, SessionError) as error:  # a broken variant is rejected like a mismatching one
+        report.cases = [CaseResult("load", {}, error=error.message)]
+        return report
+    cases = [*reference.cases, *extra_cases]
+    real = any(case.real for case in cases)
+    unjudged = [
+        case.label
+        for case in cases
+        if case.expected is None or (variant.precision == "int8" and real and not case.real)
+    ]
+    agreement: dict[str, list[np.ndarray]] = {}
+    results = []
+    for case in cases:
+        result = CaseResult(case.label, case.sizes)
+        results.append(result)
+        if case.expected is None:
+            result.error = "torch could not run this case (see the fp32 validation)"
+            continue
+        try:
+            actual = session.run(None, _feed_for(session, case.inputs.feed()))
+        except Exception as error:
+            result.error = f"onnxruntime raised {one_line(error)}"
+            continue
+        for name, expected, value in zip(names, case.expected, actual, strict=True):
+            result.outputs.append(_variant_check(name, expected, np.asarray(value), criteria[name]))
+            if (
+                criteria[name]["min_top1"] is not None
+                and _class_scores(expected)
+                and case.label not in unjudged
+            ):
+                agreement.setdefault(name, []).append(expected.argmax(-1) == np.asarray(value).argmax(-1))
+    first = criteria[names[0]] if names else {}
+    report.criteria = {"precision": variant.precision, **first, "per_output": _differing(criteria)}
+    report.cases = results
+    rows = {name: np.concatenate(matches) for name, matches in agreement.items()}
+    report.top1 = {name: float(match.mean()) for name, match in rows.items()}
+    report.top1_rows = {name: len(match) for name, match in rows.items()}
+    report.min_top1 = {
+        name: criteria[name]["min_top1"]
+        for name, match in rows.items()
+        if _enough_rows(len(match), criteria[name]["min_top1"])
+    }
+    report.unjudged = unjudged
+    return report
+
+
+CALIBRATION_CASES = 2
+"""Calibration batches a static int8 variant is also judged on when no real validation data was given."""
+
+
+def calibration_cases(
+    model: Any, reference: Reference, feeds: Sequence[dict[str, np.ndarray]]
+) -> list[_Case]:
+    """The first :data:`CALIBRATION_CASES` calibration batches as real cases, with their eager outputs.
+
+    Static int8 is calibrated to its data's range: without held-out data (``export.validation.data``)
+    it is judged on the data it was calibrated on rather than on random inputs outside that range
+    (measured on the digits CNN: cosine 0.99996 on digits, 0.80 on standard-normal inputs).
+    """
+    from onnxport.datasource import as_inputs
+
+    cases = []
+    with preserved_state(model), _exact_float32():
+        for index, feed in enumerate(feeds[:CALIBRATION_CASES]):
+            inputs = as_inputs(feed, reference.example)
+            tensors = inputs.tensors()
+            sizes = {
+                symbol: tensors[where[0][0]].shape[where[0][1]]
+                for symbol, where in reference.axes.positions.items()
+            }
+            case = _Case(f"calibration_{index}", sizes, inputs, real=True)
+            case.expected = [to_numpy(value) for value in _flat_outputs(inputs.call(model))]
+            cases.append(case)
+    return cases
+
+
+def _enough_rows(rows: int, min_top1: float) -> bool:
+    """Top-1 agreement is judged over enough rows that one disagreement can stay above ``min_top1``
+    (20 rows at 0.95): over the 8 rows of a generated shape matrix, one near-tie of an untrained
+    head flipping would fail a variant whose scores agree to a cosine of 0.9999."""
+    return min_top1 >= 1.0 or rows * (1.0 - min_top1) >= 1.0 - 1e-9
+
+
+def _differing(criteria: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    first = next(iter(criteria.values()))
+    return {name: values for name, values in criteria.items() if values != first}
+
+
+def _variant_check(
+    name: str, expected: np.ndarray, actual: np.ndarray, criteria: dict[str, Any]
+) -> OutputCheck:
+    judged = criteria["atol"] is not None
+    allow = criteria["allow_nonfinite"]
+    check = compare(
+        name, expected, actual, criteria["atol"] or 0.0, criteria["rtol"] or 0.0, allow_nonfinite=allow
+    )
+    check.judged_by_tolerance = judged
+    if np.issubdtype(expected.dtype, np.floating) and check.error is None:
+        check.cosine = cosine(expected, actual)
+        check.min_cosine = criteria["min_cosine"]
+    return check
+
+
+def cosine(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Cosine similarity of two tensors as flat vectors; 1.0 when both are all zeros."""
+    a = expected.astype(np.float64).ravel()
+    b = actual.astype(np.float64).ravel()
+    finite = np.isfinite(a) & np.isfinite(b)  # NaN/Inf are judged by compare, not here
+    a, b = a[finite], b[finite]
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norms == 0.0:
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float(np.clip(a @ b / norms, -1.0, 1.0))
+
+
+def _class_scores(value: np.ndarray) -> bool:
+    """A 2-D float output with several columns: one row of class scores per sample."""
+    return value.ndim == 2 and value.shape[1] > 1 and np.issubdtype(value.dtype, np.floating)
+
+
+def _feed_for(session: onnxruntime.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feed`` cast to the session's input types (an fp16 variant with ``fp16_io`` takes float16)."""
+    types = {meta.name: meta.type for meta in session.get_inputs()}
+    return {
+        name: value.astype(np.float16) if types.get(name) == "tensor(float16)" else value
+        for name, value in feed.items()
+    }
+
+
+LATENCY_BATCHES = (1, 32)
+"""Batch sizes each file of a run is timed at, when its batch axis is dynamic."""
+
+
+def file_latency(path: Path, reference: Reference, runs: int) -> dict[str, float]:
+    """Median ONNX Runtime milliseconds of the file at batch 1 and 32 (the first input's axis 0 when
+    it is dynamic; else at the export shape), time-boxed like the validation's latency."""
+    if runs <= 0:
+        return {}
+    session = open_session(path)
+    axes, example = reference.axes, reference.example
+    batch = next((symbol for symbol, where in axes.positions.items() if (0, 0) in where), None)
+    sizes = [{**axes.export_sizes, batch: n} for n in LATENCY_BATCHES] if batch else [axes.export_sizes]
+    timings = {}
+    for number, case_sizes in enumerate(sizes):
+        inputs = _random_inputs(example, axes, case_sizes, seed=number) if batch else example
+        feed = _feed_for(session, inputs.feed())
+        try:
+            _, milliseconds = _timed(lambda feed=feed: session.run(None, feed), runs)
+        except Exception:  # a file that cannot run at this size says so in its validation
+            continue
+        if milliseconds is not None:
+            timings[f"{batch}={case_sizes[batch]}" if batch else "export"] = milliseconds
+    return timings

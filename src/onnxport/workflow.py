@@ -7,31 +7,30 @@ body reads as the steps, each owned by one module:
 step               what                                           module
 =================  =============================================  ==========================
 prepare inputs     example tensors, names, dynamic axes           :mod:`onnxport.inputs`
+real data          validation samples, calibration feeds          :mod:`onnxport.datasource`
 export             torch.onnx writes the raw file                 :mod:`onnxport.exporters`
-[transform]        a raw file in, a raw file out (none yet)       one module per transform
 stage the layouts  scrub, metadata, weights inline or external    :mod:`onnxport.publish`
 validate           checker, ORT session, parity over shapes       :mod:`onnxport.validation`
-publish            one atomic commit of file, data and report     :mod:`onnxport.publish`
+variants           each ``export.variants`` file from the staged  :mod:`onnxport.variants`,
+                   fp32 file, staged and validated against the    :mod:`onnxport.validation`
+                   eager outputs the fp32 validation computed
+publish            one atomic commit per file, fp32 first, then   :mod:`onnxport.publish`
+                   the variants; stale variant files removed
 report             the :class:`ExportResult`                      here
 =================  =============================================  ==========================
 
 Nothing reaches ``output`` before validation passed: everything is staged in a private
 folder beside it, and :func:`onnxport.publish.commit` switches to the new file with one
 ``os.replace``. A previous file at ``output`` (with its data file and report) is untouched
-on any failure; everything that can be refused (paths, tolerances) is refused before exporting.
+on any failure; everything that can be refused (paths, tolerances, static int8 without
+calibration data) is refused before exporting.
 
-Adding a transform step (issue 13: reduced-precision variants, graph optimisation) takes
-one new module and one line. The module exposes ``transform(raw: Path, staging: Path,
-config: ExportConfig) -> Path``: it reads the raw export (weights inline, or in the external
-data file its header references) and writes its result into ``staging``, returning the new
-raw path. The line goes between the export and the layout steps of :func:`export`::
-
-    run, raw = _export(model, inputs, staging, config, output)
-    raw = quantize.transform(raw, staging, config)  # <- the new step
-    layouts = _stage_layouts(raw, output, staging, run, config, weights_sha256(model))
-
-Validation then checks the transformed file against the eager model with the same
-tolerances, and publishing is unchanged.
+A variant (:func:`onnxport.variants.transform`) reads the staged fp32 file and writes one
+self-contained file into its own staging folder; it is then staged with the fp32 file's
+metadata plus its own (``onnxport.variant*``) and published as ``<stem>.<name>.onnx``. Every
+variant is validated before anything is published, so a variant with ``on_mismatch: fail``
+fails the run with the previous files untouched; ``skip`` keeps it as
+``<stem>.<name>.rejected.onnx`` and publishes the rest; ``warn`` publishes it and says so.
 """
 
 from __future__ import annotations
@@ -40,19 +39,20 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from onnxport.config import ExportConfig
-from onnxport.errors import ValidationError
+from onnxport.config import ExportConfig, VariantConfig
+from onnxport.errors import ExportError, ValidationError
 from onnxport.progress import phase
 
 if TYPE_CHECKING:
     from onnxport.exporters import ExporterRun
     from onnxport.inputs import ModelInputs
     from onnxport.publish import Layouts
+    from onnxport.report import VariantReport
     from onnxport.validation import ValidationReport
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,33 @@ class ExportResult:
     external_data: bool = False
     data_path: Optional[Path] = None
     """The external data file (``<name>.onnx.<sha12>.data``), when the weights are external."""
+    variants: list[VariantResult] = field(default_factory=list)
+    """The variant files published beside ``path`` (``export.variants``), in config order."""
+
+
+@dataclass
+class VariantResult:
+    """One variant file :func:`export` published."""
+
+    name: str
+    path: Path
+    """``<stem>.<name>.onnx`` beside the fp32 file (absolute)."""
+    sha256: str
+    size_bytes: int
+    passed: bool
+    """``False`` only for a variant published with ``on_mismatch: warn`` (or unvalidated)."""
+
+
+@dataclass
+class _StagedVariant:
+    variant: VariantConfig
+    output: Path
+    layouts: Layouts
+    report: Optional[VariantReport]
+
+    @property
+    def publish(self) -> bool:
+        return self.report is None or self.report.passed or self.variant.on_mismatch == "warn"
 
 
 def export(
@@ -96,6 +123,8 @@ def export(
     *,
     config: ExportConfig | Mapping[str, Any] | None = None,
     checkpoint_sha256: Optional[str] = None,
+    calibration_samples: Optional[Sequence[Any]] = None,
+    validation_samples: Optional[Sequence[Any]] = None,
     **options: Any,
 ) -> ExportResult:
     """Export ``model`` to a validated, reproducible ONNX file at ``output``.
@@ -110,12 +139,16 @@ def export(
             as ``opset=17`` or ``exporter="torchscript"``) override it.
         checkpoint_sha256: sha256 of the checkpoint the model came from, recorded in the report
             (the file records the hash of the weights themselves, the same from any checkout).
+        calibration_samples: real inputs (each as ``forward`` takes them, e.g. a loader's batches)
+            that static int8 variants calibrate on, before ``calibration.npz``/``datamodule``.
+        validation_samples: real inputs validated as extra cases beside the generated shape
+            matrix (and ``export.validation.data``); int8 variants are judged on real cases.
 
     Raises:
         ConfigError, InputError: bad options, model, inputs, output or report path (nothing written).
         ExportError, UnsupportedOperatorError: torch.onnx could not export the model.
-        ValidationError: the file does not match the model; it is kept as
-            ``<stem>.rejected.onnx`` and ``output`` is untouched.
+        ValidationError: the file, or a variant with ``on_mismatch: fail``, does not match the
+            model; it is kept as ``<stem>[.<variant>].rejected.onnx`` and nothing is published.
         PublishError: the disk is full or the file cannot be moved (``output`` is untouched).
 
     >>> import torch
@@ -124,6 +157,7 @@ def export(
     (['input'], 'dynamo')
     """
     from onnxport import publish
+    from onnxport.datasource import check_calibration
     from onnxport.model_state import preserved_state
     from onnxport.provenance import run_context, start_weights_sha256
     from onnxport.report import result_files
@@ -136,23 +170,35 @@ def export(
     output = publish.check_output(output)
     report_path = publish.check_report(config, output)  # refused now, not after publishing
     check_tolerances(config.validation)
+    check_calibration(config, calibration_samples)  # static int8 without data: refused before exporting
 
     written = {path.parent for _, path, _ in publish.json_files(config, output)}  # swept of dead temps too
+    for variant in config.variants:  # data files a kill left between placing them and the commit
+        publish.sweep(variant_path(output, variant.name))
     with preserved_state(model), publish.staging_dir(output, *written) as staging:
         with phase("export"):
             weights = start_weights_sha256(model)  # hashed while torch.onnx exports
             inputs = _prepare_inputs(model, example_inputs, config)
+            samples, calibration = _real_data(model, inputs, config, validation_samples, calibration_samples)
             run, raw = _export(model, inputs, staging, config, output)
-            layouts = _stage_layouts(raw, output, staging, run, config, weights.result())
-        validation = _validate(layouts, model, inputs, config, output)  # phases check, validate
+            metadata = _metadata(run, config, weights.result())
+            layouts = _stage_layouts(raw, output, staging, run, config, metadata)
+        validation = _validate(layouts, model, inputs, config, output, samples)  # phases check, validate
+        staged = _variants(model, layouts, output, staging, run, config, metadata, validation, calibration)
         with phase("publish"):
             sha256 = layouts.sha256()  # from the staged bytes: nothing can swap them after the rename
             # The checkpoint file's hash differs per clone (Lightning stores its dirpath): report only.
             context = {**run_context(output.parent), "checkpoint_sha256": checkpoint_sha256}
+            _file_rows(validation, layouts, output, staged, config)
             report = {report_path: _report(validation, sha256, context)}
             results = result_files(validation, config.validation)
             publish.commit(layouts, output, files={**report, **results})  # DVC metrics and plots too
-    return _result(run, output, sha256, config, validation, report_path, context, started)
+            published = _publish_variants(staged)
+            rejected = {item.variant.name for item in staged if not item.publish}
+            publish.remove_stale_variants(output, [v.name for v in published], rejected)
+    result = _result(run, output, sha256, config, validation, report_path, context, started)
+    result.variants = published
+    return result
 
 
 # -- the steps ------------------------------------------------------------------------------
@@ -174,22 +220,50 @@ def _export(
     return run_exporter(model, inputs, raw, config, logs_beside=output), raw
 
 
+def _real_data(
+    model: Any,
+    inputs: ModelInputs,
+    config: ExportConfig,
+    validation_samples: Optional[Sequence[Any]],
+    calibration_samples: Optional[Sequence[Any]],
+) -> tuple[list[Any], dict[str, list[dict[str, Any]]]]:
+    """The real validation cases (the door's samples, then ``validation.data``) and each static int8
+    variant's calibration feeds, read before exporting so bad data fails fast."""
+    from onnxport import datasource
+
+    samples = list(validation_samples or ())
+    if config.validation.data:
+        batches = datasource.npz_batches(config.validation.data, inputs.names, None, "export.validation.data")
+        samples += [datasource.as_inputs(feed, inputs) for feed in batches]
+    calibration = {
+        variant.name: datasource.calibration_feeds(variant, model, inputs, config, calibration_samples)
+        for variant in config.variants
+        if datasource.needs_calibration(variant)
+    }
+    return samples, calibration
+
+
+def _metadata(run: ExporterRun, config: ExportConfig, weights_sha256: str) -> dict[str, str]:
+    from onnxport import publish
+
+    return publish.provenance_metadata(
+        config,
+        exporter=run.exporter,
+        fallback_reason=run.fallback_reason,
+        weights_sha256=weights_sha256,
+    )
+
+
 def _stage_layouts(
     raw: Path,
     output: Path,
     staging: Path,
     run: ExporterRun,
     config: ExportConfig,
-    weights_sha256: str,
+    metadata: dict[str, str],
 ) -> Layouts:
     from onnxport import publish
 
-    metadata = publish.provenance_metadata(
-        config,
-        exporter=run.exporter,
-        fallback_reason=run.fallback_reason,
-        weights_sha256=weights_sha256,
-    )
     return publish.stage_layouts(
         raw,
         output,
@@ -202,7 +276,7 @@ def _stage_layouts(
 
 
 def _validate(
-    layouts: Layouts, model: Any, inputs: ModelInputs, config: ExportConfig, output: Path
+    layouts: Layouts, model: Any, inputs: ModelInputs, config: ExportConfig, output: Path, samples: list[Any]
 ) -> ValidationReport | None:
     """Validate the checked layout; on failure keep the published layout as ``<stem>.rejected.onnx``."""
     from onnxport import publish
@@ -214,7 +288,13 @@ def _validate(
         return None
     try:
         report = run_validation(
-            layouts.checked, model, inputs, config, onnx_sha256=layouts.sha256(), published_as=output
+            layouts.checked,
+            model,
+            inputs,
+            config,
+            samples=samples,
+            onnx_sha256=layouts.sha256(),
+            published_as=output,
         )
     except ValidationError as error:
         rejected = publish.keep_rejected(layouts.published, output)
@@ -227,6 +307,150 @@ def _validate(
         raise
     publish.fault_point("validated")
     return report
+
+
+def _variants(
+    model: Any,
+    layouts: Layouts,
+    output: Path,
+    staging: Path,
+    run: ExporterRun,
+    config: ExportConfig,
+    metadata: dict[str, str],
+    validation: ValidationReport | None,
+    calibration: dict[str, list[dict[str, Any]]],
+) -> list[_StagedVariant]:
+    """Each variant made from the staged fp32 file, staged like it and validated against the eager
+    outputs the fp32 validation computed. ``on_mismatch: fail`` raises here, before anything is published."""
+    from onnxport import variants
+    from onnxport.validation import calibration_cases, validate_variant
+
+    staged = []
+    for variant in config.variants:
+        with phase(f"variant {variant.name}"):
+            folder = staging / f"variant-{variant.name}"
+            feeds = calibration.get(variant.name, ())
+            try:
+                raw = variants.transform(layouts.checked, folder, variant, feeds)
+            except ExportError as error:
+                if variant.on_mismatch == "fail":
+                    raise
+                # skip or warn: there is no file to keep or publish; the rest goes on
+                logger.warning(
+                    "variant %r not made (on_mismatch=%s): %s", variant.name, variant.on_mismatch, error
+                )
+                continue
+            target = variant_path(output, variant.name)
+            (folder / "stage").mkdir()
+            own = {**metadata, **variants.provenance(variant, layouts.sha256(), feeds)}
+            staged_layouts = _stage_layouts(raw, target, folder / "stage", run, config, own)
+            report = None
+            if validation is not None and validation.reference is not None:
+                reference = validation.reference
+                held_out = any(case.real for case in reference.cases)
+                extra = calibration_cases(model, reference, feeds) if feeds and not held_out else []
+                report = validate_variant(
+                    staged_layouts.checked,
+                    reference,
+                    variant,
+                    config.validation,
+                    published_as=target,
+                    extra_cases=extra,
+                )
+                report.sha256 = staged_layouts.sha256()
+                report.size_bytes = _size(staged_layouts.published)
+            staged.append(_StagedVariant(variant, target, staged_layouts, report))
+        if report is not None and not report.passed:
+            _reject_variant(staged[-1])
+    return staged
+
+
+def variant_path(output: Path, name: str) -> Path:
+    """Where variant ``name`` of ``output`` is published: ``<stem>.<name>.onnx`` beside it."""
+    return output.with_name(f"{output.stem}.{name}.onnx")
+
+
+def _reject_variant(staged: _StagedVariant) -> None:
+    """Apply the variant's ``on_mismatch``: keep it as ``.rejected`` (fail, skip), or warn."""
+    from onnxport import publish
+    from onnxport.errors import ParityError
+    from onnxport.report import write_report
+
+    report, variant = staged.report, staged.variant
+    assert report is not None
+    if variant.on_mismatch == "warn":
+        logger.warning("%s (on_mismatch=warn: published anyway)", report.failure_message())
+        return
+    rejected = publish.keep_rejected(staged.layouts.published, staged.output)
+    report.onnx_path = str(rejected)
+    report_path = publish.rejected_paths(staged.output)[2]
+    write_report(report.to_dict(), report_path)
+    if variant.on_mismatch == "skip":
+        logger.warning(
+            "%s; kept as %s, not published (on_mismatch=skip)", report.failure_message(), rejected.name
+        )
+        return
+    raise ParityError(
+        f"{report.failure_message()}; kept as {rejected.name}, nothing was published",
+        fix=f"see {report_path.name}; loosen the variant's thresholds (min_cosine, min_top1, atol, "
+        f"per_output) or set export.variants[name={variant.name}].on_mismatch to skip",
+        report=report,
+    )
+
+
+def _publish_variants(staged: list[_StagedVariant]) -> list[VariantResult]:
+    from onnxport import publish
+
+    published = []
+    for item in staged:
+        if not item.publish:
+            continue
+        sha256 = item.layouts.sha256()
+        size = _size(item.layouts.published)
+        publish.commit(item.layouts, item.output)
+        passed = item.report is not None and item.report.passed
+        published.append(VariantResult(item.variant.name, item.output, sha256, size, passed))
+    return published
+
+
+def _size(path: Path) -> int:
+    from onnxport.publish import data_files
+
+    return sum(file.stat().st_size for file in [path, *data_files(path)])
+
+
+def _file_rows(
+    validation: ValidationReport | None,
+    layouts: Layouts,
+    output: Path,
+    staged: list[_StagedVariant],
+    config: ExportConfig,
+) -> None:
+    """With variants, one row per file in the report: the fp32 file, then each variant, with latency
+    at batch 1 and 32."""
+    from onnxport.report import FileRow
+    from onnxport.validation import file_latency
+
+    if validation is None or validation.reference is None or not staged:
+        return  # without variants the report is as before: no second session on a large model
+    runs = config.validation.latency_runs
+    reference = validation.reference
+    validation.files = [
+        FileRow(
+            "fp32",
+            str(output),
+            _size(layouts.published),
+            file_latency(layouts.checked, reference, runs),
+            max_abs_diff=validation.worst("max_abs_diff"),
+            passed=validation.passed,
+        )
+    ]
+    for item in staged:
+        if item.report is None:
+            continue
+        item.report.latency_ms = file_latency(item.layouts.checked, reference, runs) if item.publish else {}
+        validation.files.append(item.report.row(item.publish))
+        validation.variants.append(item.report)
 
 
 def _report(validation: ValidationReport | None, sha256: str, context: dict[str, Any]) -> dict[str, Any]:
