@@ -46,6 +46,7 @@ def assert_onnxport_ties_or_beats(name: str, result: dict[str, dict[str, Any]]) 
     ours = result["onnxport"]
     bare = [how for how in ("dynamo", "torchscript") if result[how]["correct"]]
     summary = f"{name}:\n{table(result)}"
+    print(summary)  # the suite's table, with pytest -s
     if ours["exported"]:  # whatever the bare exporters did, a published file must be right
         assert ours["validated"] and ours["correct"], summary
     if bare:
