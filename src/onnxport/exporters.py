@@ -431,10 +431,13 @@ def _captured(sink: IO[bytes]) -> Iterator[None]:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    saved = [os.dup(1), os.dup(2)]
+    saved: dict[int, int] = {}
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):  # closed (a daemon's): nothing reaches a console there
+            saved[fd] = os.dup(fd)
     try:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
         with (
             open(sink.fileno(), "wb", closefd=False) as raw,
             io.TextIOWrapper(raw, errors="replace", write_through=True) as text,
@@ -444,7 +447,7 @@ def _captured(sink: IO[bytes]) -> Iterator[None]:
         ):
             yield
     finally:
-        for fd, original in zip((1, 2), saved, strict=True):
+        for fd, original in saved.items():
             os.dup2(original, fd)
             os.close(original)
 
