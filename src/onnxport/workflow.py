@@ -392,8 +392,9 @@ def _reject_variant(staged: _StagedVariant) -> None:
         return
     raise ParityError(
         f"{report.failure_message()}; kept as {rejected.name}, nothing was published",
-        fix=f"see {report_path.name}; loosen the variant's thresholds (min_cosine, min_top1, atol, "
-        f"per_output) or set export.variants[name={variant.name}].on_mismatch to skip",
+        fix=f"see {report_path.name}; validate on real inputs (export.validation.data), loosen the variant's "
+        f"thresholds (min_cosine, min_top1, atol, per_output) or set export.variants[name={variant.name}]"
+        ".on_mismatch to skip",
         report=report,
     )
 
