@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,7 +16,7 @@ from torch import nn
 from conftest import Mysterious, TinyCNN, TinyMLP, TokenClassifier, run_onnx
 from onnxport.config import ExportConfig
 from onnxport.errors import ConfigError, ExportError, InputError, UnsupportedOperatorError
-from onnxport.exporters import causes, run_exporter, supported_opsets
+from onnxport.exporters import causes, failure_log, run_exporter, supported_opsets
 from onnxport.inputs import prepare_inputs
 from onnxport.model_state import preserved_state
 
@@ -219,6 +221,13 @@ def test_a_fallback_shows_one_line_and_keeps_what_the_exporter_printed_in_a_log(
     export_inputs = prepare_inputs(TinyMLP(), torch.randn(2, 4), config)
     assert run_exporter(TinyMLP(), export_inputs, path, config, logs_beside=output).exporter == "dynamo"
     assert not log.exists()
+
+
+def test_the_logs_fall_under_the_rejected_pattern_dvc_already_ignores():
+    patterns = [line for line in (Path(__file__).parents[1] / ".dvcignore").read_text().splitlines() if line]
+    log = failure_log(Path("models/model.onnx"), "dynamo")
+    assert log == Path("models/model.rejected.dynamo.log")
+    assert any(fnmatch.fnmatch(log.name, pattern) for pattern in patterns if not pattern.startswith("#"))
 
 
 def test_when_every_exporter_fails_the_error_names_their_logs(tmp_path, capfd):
