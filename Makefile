@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast bench lint format clean
+.PHONY: setup vision run test test-fast bench lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# A second environment for torchvision models (tests/test_architectures.py runs its detection model
+# there): torchvision cannot be installed into .venv (PyPI's build breaks pytorch_lightning beside
+# .venv's CPU torch), so .venv-vision has a matching torch/torchvision pair (constraints-vision.txt).
+VISION       := .venv-vision
+VISION_STAMP := $(VISION)/.installed
+
+$(VISION_STAMP): pyproject.toml constraints-vision.txt
+	test -x $(VISION)/bin/python || $(PYTHON) -m venv $(VISION)
+	$(VISION)/bin/python -m pip install --quiet --upgrade pip
+	$(VISION)/bin/python -m pip install --quiet -c constraints-vision.txt -e . torchvision
+	touch $(VISION_STAMP)
+
+vision: $(VISION_STAMP)
+
 # The reference pipeline (prepare -> train -> export -> evaluate) on scikit-learn's digits.
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
@@ -22,15 +36,16 @@ run: setup
 # Both cores: one test module per worker (loadscope keeps a module's ordered DVC tests together).
 PYTEST_WORKERS ?= -n 2 --dist loadscope
 
-test: setup
+test: setup vision
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_WORKERS)
 
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_WORKERS) -m "not slow"
 
-# BENCH=large adds the 2.3 GB MLP (minutes, ~8 GB of memory); BENCH=all runs every model.
+# BENCH=large adds the 2.3 GB MLP (minutes, ~8 GB of memory); BENCH=all runs every model; BENCH=arch
+# only the real architectures (issue 14; SSDlite runs in .venv-vision, so bench needs it too).
 BENCH ?= default
-bench: setup
+bench: setup vision
 	PATH="$(abspath $(BIN)):$$PATH" BENCH=$(BENCH) $(BIN)/python -m benchmarks.run
 
 lint: setup
@@ -42,4 +57,4 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info
+	rm -rf $(VENV) $(VISION) .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -17,7 +17,8 @@ contenders alternate order from one repeat to the next, so drift on this shared 
 alike; only ratios between columns measured in one run mean much. For each model the published
 file's inference latency is also measured, ONNX Runtime against eager PyTorch, at batch 1 and 32.
 
-Run with ``make bench`` (or ``make bench BENCH=large``). Prints the tables and writes
+Run with ``make bench`` (or ``make bench BENCH=large``; ``BENCH=arch`` runs only the real architectures of
+``benchmarks/architectures.py``, which ``make bench`` runs after the others). Prints the tables and writes
 ``benchmarks/results.json``.
 """
 
@@ -279,7 +280,7 @@ def run_model(name: str, repeats: int) -> dict[str, Any]:
 def goals(results: dict[str, Any]) -> list[str]:
     lines = []
     for contender, (_, limit, text) in GOALS.items():
-        for name, row in results["models"].items():
+        for name, row in results.get("models", {}).items():
             ratio = row[contender]["wall_x_bare"]
             lines.append(f"{'holds' if ratio <= limit else 'MISSED':>6}  {text}: {name} {ratio:.2f}x")
     if "callback" in results:
@@ -290,12 +291,16 @@ def goals(results: dict[str, Any]) -> list[str]:
         )
     for contender, limit in MEMORY_GOALS.items():
         for name in LARGE:
-            if name in results["models"]:
+            if name in results.get("models", {}):
                 ratio = results["models"][name][contender]["rss_extra_x_weights"]
                 lines.append(
                     f"{'holds' if ratio <= limit else 'MISSED':>6}  peak memory of {contender} <= "
                     f"{limit}x the weights: {name} {ratio:.2f}x"
                 )
+    if results.get("architectures"):
+        from benchmarks.architectures import goal_line
+
+        lines.append(goal_line(results["architectures"]))
     return lines
 
 
@@ -341,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models",
         default=os.environ.get("BENCH", "default"),
-        help="'default' (cnn, transformer, bert, mlp64, then the variants), 'large' (the 2.3 GB MLP), "
-        "'all', 'variants' (only benchmarks/variants.py), or a comma list",
+        help="'default' (cnn, transformer, bert, mlp64, then the real architectures and the variants), "
+        "'large' (the 2.3 GB MLP), 'arch' (only the real architectures, benchmarks/architectures.py), "
+        "'variants' (only benchmarks/variants.py), 'all', or a comma list",
     )
     parser.add_argument("--measure", nargs=2, metavar=("CONTENDER", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -361,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.models == "variants":  # issue 13's section alone, into the same results file
         return record_variants(variants.run())
+    if args.models == "arch":  # issue 14's real architectures alone, into the same results file
+        from benchmarks import architectures
+
+        found = architectures.run(args.repeats)
+        architectures.print_table(found)
+        _save({"architectures": found})
+        return 0
     chosen = {"default": MODELS, "large": LARGE, "all": MODELS + LARGE}.get(args.models)
     names = chosen or tuple(args.models.split(","))
     repeats = {name: 1 if name in LARGE else args.repeats for name in names}
@@ -369,7 +382,6 @@ def main(argv: list[str] | None = None) -> int:
         "models": {},
         "latency": {},
     }
-    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     for name in names:
         print(f"{name}:", flush=True)
         results["models"][name] = run_model(name, repeats[name])
@@ -377,14 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     if any(name in MODELS for name in names):
         results["callback"] = callback_overhead(args.repeats)
     print_tables(results)
-    # Keep the other selection's rows: `make bench` and `make bench BENCH=large` fill one file.
-    for key in ("models", "latency"):
-        results[key] = {**previous.get(key, {}), **results[key]}
-    if "callback" not in results and "callback" in previous:
-        results["callback"] = previous["callback"]
+    if args.models in ("default", "all"):
+        from benchmarks import architectures
+
+        print("\narchitectures:", flush=True)
+        results["architectures"] = architectures.run(args.repeats)
+        architectures.print_table(results["architectures"])
     results["goals"] = goals(results)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {RESULTS}")
+    _save(results)
     if args.models in ("default", "all"):
         return record_variants(variants.run())
     return 0
@@ -404,6 +416,18 @@ def record_variants(measured: dict[str, Any]) -> int:
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {RESULTS}")
     return 0
+
+
+def _save(results: dict[str, Any]) -> None:
+    """Write results.json, keeping the other selection's rows: `make bench` and `make bench
+    BENCH=large` (or `BENCH=arch`) fill one file."""
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    merged = {**previous, **results}
+    for key in ("models", "latency"):
+        merged[key] = {**previous.get(key, {}), **results.get(key, {})}
+    merged["goals"] = goals(merged)
+    RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
+    print(f"\nwrote {RESULTS}")
 
 
 if __name__ == "__main__":

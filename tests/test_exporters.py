@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import os
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -11,7 +16,7 @@ from torch import nn
 from conftest import Mysterious, TinyCNN, TinyMLP, TokenClassifier, run_onnx
 from onnxport.config import ExportConfig
 from onnxport.errors import ConfigError, ExportError, InputError, UnsupportedOperatorError
-from onnxport.exporters import causes, run_exporter, supported_opsets
+from onnxport.exporters import causes, failure_log, run_exporter, supported_opsets
 from onnxport.inputs import prepare_inputs
 from onnxport.model_state import preserved_state
 
@@ -60,6 +65,48 @@ class Keywords(nn.Module):
 
     def forward(self, **features: torch.Tensor) -> torch.Tensor:
         return self.fc(features["dense"]) * features["weight"]
+
+
+class Noisy(nn.Module):
+    """Prints while an exporter captures it (Python and file descriptor 2); dynamo cannot translate it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            print("printed by forward")
+            os.write(2, b"written to fd 2 by forward\n")
+        return double(self.fc(x))
+
+
+def reinjects_use_cache(forward):
+    """What transformers 5's decorators do: pass an argument again, by keyword."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        kwargs["use_cache"] = False
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+class Decorated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    @reinjects_use_cache
+    def forward(self, x, mask=None, use_cache=None, output_attentions=None):
+        return self.fc(x) * mask
+
+
+class CountsRows(nn.Module):
+    """Dynamic in eager PyTorch and under dynamo; a TorchScript trace bakes ``len(x)`` in as 2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.arange(len(x)).unsqueeze(1)
 
 
 def export(model, example, path, **options):
@@ -148,6 +195,80 @@ def test_auto_falls_back_to_torchscript_and_records_why(tmp_path):
     assert "onnxport_tests.double" in run.fallback_reason
     x = torch.randn(3, 4)
     np.testing.assert_allclose(run_onnx(path, {"x": x.numpy()})[0], model(x).detach().numpy(), atol=1e-5)
+
+
+def test_a_fallback_shows_one_line_and_keeps_what_the_exporter_printed_in_a_log(tmp_path, capfd, caplog):
+    path, output = tmp_path / "staged.onnx", tmp_path / "model.onnx"
+    config = ExportConfig.coerce(None)
+    model = Noisy().eval()
+    inputs = prepare_inputs(model, torch.randn(2, 4), config)
+    capfd.readouterr()
+    run = run_exporter(model, inputs, path, config, logs_beside=output)
+
+    assert run.exporter == "torchscript"
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # neither dynamo's nor TorchScript's attempt printed anything
+    log = tmp_path / "model.rejected.dynamo.log"  # beside the output, under the *.rejected.* ignores
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "onnxport.exporters"]
+    assert line.startswith("dynamo could not export the model (") and line.endswith(f"Its output: {log}")
+    assert "onnxport_tests.double" in line and "\n" not in line
+    text = log.read_text()
+    assert "printed by forward" in text and "written to fd 2 by forward" in text  # Python and C level
+    assert "DispatchError" in text  # the full traceback the one line summarises
+    assert not (tmp_path / "model.rejected.torchscript.log").exists()  # it succeeded: nothing kept
+
+    # once dynamo succeeds there, its old log would describe a fallback that no longer happens
+    export_inputs = prepare_inputs(TinyMLP(), torch.randn(2, 4), config)
+    assert run_exporter(TinyMLP(), export_inputs, path, config, logs_beside=output).exporter == "dynamo"
+    assert not log.exists()
+
+
+def test_the_logs_fall_under_the_rejected_pattern_dvc_already_ignores():
+    patterns = [line for line in (Path(__file__).parents[1] / ".dvcignore").read_text().splitlines() if line]
+    log = failure_log(Path("models/model.onnx"), "dynamo")
+    assert log == Path("models/model.rejected.dynamo.log")
+    assert any(fnmatch.fnmatch(log.name, pattern) for pattern in patterns if not pattern.startswith("#"))
+
+
+def test_when_every_exporter_fails_the_error_names_their_logs(tmp_path, capfd):
+    with pytest.raises(UnsupportedOperatorError) as error:
+        export(Mysterious(), torch.randn(2, 4), tmp_path / "m.onnx")
+    assert capfd.readouterr().out == ""
+    logs = [tmp_path / "m.rejected.dynamo.log", tmp_path / "m.rejected.torchscript.log"]
+    assert all(log.is_file() for log in logs)
+    assert f"what the exporter printed is in {logs[0]}, {logs[1]}" in str(error.value)
+
+
+def test_torchscript_passes_keyword_inputs_by_keyword(tmp_path):
+    # The legacy exporter alone fills mask's followers positionally, then the decorator passes
+    # use_cache again: "got multiple values for argument 'use_cache'".
+    model = Decorated().eval()
+    example = {"x": torch.randn(2, 4), "mask": torch.ones(2, 2)}
+    with pytest.raises(TypeError, match="multiple values for argument 'use_cache'"):
+        torch.onnx.export(
+            model, (example["x"], {"mask": example["mask"]}), tmp_path / "bare.onnx", dynamo=False
+        )
+    path = tmp_path / "decorated.onnx"
+    run = export(model, example, path, exporter="torchscript")
+    assert run.input_names == ["x", "mask"]
+    feed = {"x": np.ones((3, 4), np.float32), "mask": np.full((3, 2), 2, np.float32)}
+    expected = model(torch.ones(3, 4), mask=torch.full((3, 2), 2.0))
+    np.testing.assert_allclose(run_onnx(path, feed)[0], expected.detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("model", [FixedBatch(), CountsRows()], ids=["model", "trace"])
+def test_torchscript_checks_that_dynamic_axes_stay_dynamic(tmp_path, model):
+    # TorchScript names the axis in the file whatever the trace baked in; the file is run at another size
+    path = tmp_path / "fixed.onnx"
+    with pytest.raises(ExportError, match=r"input 'x' axis 0 \('batch'\) .* fixes it to 2") as error:
+        export(model, torch.randn(2, 4), path, exporter="torchscript", dynamic_axes={"x": {0: "batch"}})
+    assert "dynamic_batch=false" in error.value.fix
+    traced = isinstance(model, CountsRows)  # eager PyTorch takes batch 3: the trace is to blame
+    assert ("the TorchScript trace fixes it" in error.value.message) is traced
+    assert ("len(), int(), .item()" in error.value.fix) is traced
+    assert not path.exists()
+    run = export(model, torch.randn(2, 4), path, exporter="torchscript", dynamic_batch=False)
+    assert graph_dims(path)["x"] == [2, 4] and run.exporter == "torchscript"
 
 
 def test_a_script_module_always_goes_through_torchscript(tmp_path):

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
+import logging
+import os
 import re
+import sys
+import tempfile
+import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +45,8 @@ from onnxport.model_state import preserved_state, probe
 
 if TYPE_CHECKING:
     import onnx
+
+logger = logging.getLogger(__name__)
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -72,22 +80,43 @@ def supported_opsets(exporter: str) -> tuple[int, int]:
     return DYNAMO_MIN_OPSET, _constants.ONNX_MAX_OPSET
 
 
-def run_exporter(model: Any, inputs: ModelInputs, path: str | Path, config: ExportConfig) -> ExporterRun:
+def run_exporter(
+    model: Any,
+    inputs: ModelInputs,
+    path: str | Path,
+    config: ExportConfig,
+    *,
+    logs_beside: str | Path | None = None,
+) -> ExporterRun:
     """Export ``model`` at ``inputs`` to ``path`` with the exporter(s) ``config`` asks for.
 
     ``auto`` tries dynamo and falls back to TorchScript when dynamo cannot capture
     the model, recording why. A dynamic axis the model specialises is an error in
     every mode: the fallback would only hide it.
 
+    What the exporters print (torch.export's graph dumps, C++ warnings; file descriptors 1 and 2)
+    never reaches the console: a failed attempt's output and traceback go to
+    :func:`failure_log` beside ``logs_beside`` (default ``path``; the workflow passes the output),
+    and onnxport logs one line with the reason and that path. A successful attempt's output is dropped.
+
     The caller holds :func:`~onnxport.model_state.preserved_state` around the whole export
     (:func:`onnxport.export` does); entering it again here is harmless and keeps this function
     safe to call on its own: eval mode from the first call, so batch norm does not update.
     """
     with preserved_state(model):
-        return _run(model, inputs, Path(path), config)
+        return _run(model, inputs, Path(path), config, Path(logs_beside or path))
 
 
-def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> ExporterRun:
+def failure_log(output: Path, exporter: str) -> Path:
+    """Where a failed ``exporter`` attempt's output goes: ``<stem>.rejected.<exporter>.log``.
+
+    Beside the output, under the ``*.rejected.*`` pattern that ``.gitignore`` and ``.dvcignore``
+    already hold for a file that failed validation, so a fallback never changes a tracked directory.
+    """
+    return output.with_name(f"{output.stem}.rejected.{exporter}.log")
+
+
+def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig, beside: Path) -> ExporterRun:
     if isinstance(model, torch.nn.Module) and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise InputError(
             "the model's weights are on the meta device: they hold no values to export",
@@ -110,21 +139,33 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
         dynamic_axes = {name: axes for name, axes in dynamic_axes.items() if name in config.dynamic_axes}
     traced = _grow_unit_axes(inputs, dynamic_axes)
 
-    target, traced = _exportable(model, traced)
+    target, for_dynamo = _exportable(model, traced)
 
     failures: list[tuple[str, BaseException]] = []
+    logs: list[Path] = []
     for exporter in candidates:
+        log = failure_log(beside, exporter)
         try:
-            axes = axis_names if exporter == "dynamo" else dynamic_axes
-            job = _Job(target, traced, path, config.opset, output_names, axes)
-            _export_dynamo(job) if exporter == "dynamo" else _export_torchscript(job)
-            written = _check_file(path, inputs.names, dynamic_axes, config.opset, exporter)
+            with _attempt(log):
+                axes = axis_names if exporter == "dynamo" else dynamic_axes
+                if exporter == "dynamo":
+                    _export_dynamo(_Job(target, for_dynamo, path, config.opset, output_names, axes))
+                else:
+                    keyworded, positional = _by_keyword(model, traced)
+                    _export_torchscript(_Job(keyworded, positional, path, config.opset, output_names, axes))
+                written = _check_file(path, inputs.names, dynamic_axes, config.opset, exporter)
+                if exporter == "torchscript":
+                    _check_traced_axes(path, model, traced, dynamic_axes)
         except OpsetNotProduced as error:
             if exporter == candidates[-1]:
+                _point_at([*logs, log], error)
                 raise
+            _falling_back(exporter, error, log, candidates)
             failures.append((exporter, error))  # TorchScript may still write that opset
+            logs.append(log)
             continue
-        except OnnxportError:
+        except OnnxportError as error:
+            _point_at([log], error)
             raise
         except Exception as error:
             _remove(path)
@@ -133,8 +174,10 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
                 raise publish.disk_error(full, path.parent) from error
             specialised = _specialised_axis(error, inputs.names)
             if specialised is not None:
-                raise _specialised_error(specialised, dynamic_axes) from error
+                raise _point_at([log], _specialised_error(specialised, dynamic_axes)) from error
+            _falling_back(exporter, error, log, candidates)
             failures.append((exporter, error))
+            logs.append(log)
             continue
         reasons = [f"{name} failed: {one_line(error)}" for name, error in failures]
         reason = "; ".join(([forced_reason] if forced_reason else []) + reasons) or None
@@ -149,7 +192,7 @@ def _run(model: Any, inputs: ModelInputs, path: Path, config: ExportConfig) -> E
     failure = _export_failure(failures, config.opset)
     if failure is failures[0][1]:
         raise failure
-    raise failure from failures[-1][1]
+    raise _point_at(logs, failure) from failures[-1][1]
 
 
 def _candidates(model: Any, config: ExportConfig) -> tuple[list[str], str | None]:
@@ -209,23 +252,22 @@ class _Job:
 
 def _export_dynamo(job: _Job) -> None:
     is_program = isinstance(job.model, torch.export.ExportedProgram)
-    with _quiet():
-        program = torch.onnx.export(
-            job.model,
-            job.inputs.args,
-            kwargs=job.inputs.kwargs,
-            dynamo=True,
-            opset_version=job.opset,
-            input_names=job.inputs.names,
-            output_names=job.output_names,
-            dynamic_shapes=None if is_program else _dynamic_shapes(job.model, job.inputs, job.dynamic_axes),
-            optimize=True,
-            verbose=False,
-        )
-        if is_program:
-            program.rename_axes(_symbol_names(program.model.graph.inputs, job.dynamic_axes))
-        # weights stream to raw.onnx.data; publish decides the final layout without a copy in memory
-        program.save(str(job.path), external_data=True)
+    program = torch.onnx.export(
+        job.model,
+        job.inputs.args,
+        kwargs=job.inputs.kwargs,
+        dynamo=True,
+        opset_version=job.opset,
+        input_names=job.inputs.names,
+        output_names=job.output_names,
+        dynamic_shapes=None if is_program else _dynamic_shapes(job.model, job.inputs, job.dynamic_axes),
+        optimize=True,
+        verbose=False,
+    )
+    if is_program:
+        program.rename_axes(_symbol_names(program.model.graph.inputs, job.dynamic_axes))
+    # weights stream to raw.onnx.data; publish decides the final layout without a copy in memory
+    program.save(str(job.path), external_data=True)
 
 
 def _symbol_names(graph_inputs: Any, dynamic_axes: dict[str, dict[int, str]]) -> dict[str, str]:
@@ -247,26 +289,24 @@ def _export_torchscript(job: _Job) -> None:
     args = (*inputs.args, *inputs.kwargs.values())
     if args and isinstance(args[-1], dict):
         args = (*args, {})
-    with _quiet():
-        torch.onnx.export(
-            job.model,
-            args,
-            str(job.path),
-            dynamo=False,
-            opset_version=job.opset,
-            input_names=inputs.names,
-            output_names=job.output_names,
-            dynamic_axes=job.dynamic_axes,
-            do_constant_folding=True,
-        )
+    torch.onnx.export(
+        job.model,
+        args,
+        str(job.path),
+        dynamo=False,
+        opset_version=job.opset,
+        input_names=inputs.names,
+        output_names=job.output_names,
+        dynamic_axes=job.dynamic_axes,
+        do_constant_folding=True,
+    )
 
 
 def _exportable(model: Any, inputs: ModelInputs) -> tuple[Any, ModelInputs]:
-    """The module to hand to torch.onnx, and its inputs.
+    """The module to hand to the dynamo exporter, and its inputs.
 
-    torch.export cannot attach dynamic shapes to values collected by ``**kwargs``
-    and TorchScript cannot pass them at all, so such a model is called through
-    :class:`_KeywordsAsPositional`.
+    torch.export cannot attach dynamic shapes to values collected by ``**kwargs``, so such a
+    model is called through :class:`_KeywordsAsPositional` (TorchScript always is: :func:`_by_keyword`).
     """
     if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
         return model, inputs
@@ -277,6 +317,20 @@ def _exportable(model: Any, inputs: ModelInputs) -> tuple[Any, ModelInputs]:
     adapter = _KeywordsAsPositional(model, len(inputs.args), list(inputs.kwargs))
     positional = ModelInputs((*inputs.args, *inputs.kwargs.values()), {}, inputs.names, inputs.specs)
     return adapter, positional
+
+
+def _by_keyword(model: Any, inputs: ModelInputs) -> tuple[Any, ModelInputs]:
+    """The module and inputs for the TorchScript exporter: keyword inputs are passed by keyword.
+
+    The legacy exporter binds arguments positionally and fills in the defaults of the
+    parameters after them; a decorator that passes one of those again by keyword
+    (transformers 5 re-injects ``use_cache``) then gets it twice. ``forward(*values)`` of
+    :class:`_KeywordsAsPositional` has no defaults to fill and calls the model by keyword.
+    """
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return model, inputs
+    adapter = _KeywordsAsPositional(model, len(inputs.args), list(inputs.kwargs))
+    return adapter, ModelInputs((*inputs.args, *inputs.kwargs.values()), {}, inputs.names, inputs.specs)
 
 
 class _KeywordsAsPositional(torch.nn.Module):
@@ -292,6 +346,8 @@ class _KeywordsAsPositional(torch.nn.Module):
         self._buffers = model._buffers
         self._modules = model._modules
         object.__setattr__(self, "wrapped", model)  # not registered: that would prefix names
+        # torch.onnx restores the adapter's mode after exporting, recursively into the shared submodules
+        self.training = model.training
         self.positional = positional
         self.keys = keys
 
@@ -344,6 +400,94 @@ def _grow_unit_axes(inputs: ModelInputs, dynamic_axes: dict[str, dict[int, str]]
     return inputs.with_tensors(tensors)
 
 
+# -- what the exporters print ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _attempt(log: Path) -> Iterator[None]:
+    """One exporter attempt with its output captured: kept at ``log`` if it fails, dropped if not.
+
+    A log left by an earlier failure of the same exporter goes once it succeeds: it would
+    describe a fallback that no longer happens.
+    """
+    with tempfile.TemporaryFile() as sink:
+        try:
+            with _captured(sink):
+                yield
+        except BaseException as error:
+            _write_log(log, sink, error)
+            raise
+    with contextlib.suppress(OSError):
+        log.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _captured(sink: IO[bytes]) -> Iterator[None]:
+    """Send file descriptors 1 and 2, and Python's ``sys.stdout``/``sys.stderr``, to ``sink``.
+
+    At the descriptor level, so C++ output and ``print`` (torch.export's graph dumps) are caught
+    too; the Python streams as well, for hosts (pytest, notebooks) that replaced them.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved: dict[int, int] = {}
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):  # closed (a daemon's): nothing reaches a console there
+            saved[fd] = os.dup(fd)
+    try:
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
+        with (
+            open(sink.fileno(), "wb", closefd=False) as raw,
+            io.TextIOWrapper(raw, errors="replace", write_through=True) as text,
+            contextlib.redirect_stdout(text),
+            contextlib.redirect_stderr(text),
+            _quiet(),
+        ):
+            yield
+    finally:
+        for fd, original in saved.items():
+            os.dup2(original, fd)
+            os.close(original)
+
+
+def _write_log(log: Path, sink: IO[bytes], error: BaseException) -> None:
+    """What the attempt printed, then the full traceback onnxport's one-line message summarises."""
+    sink.seek(0)
+    try:
+        with open(log, "wb") as out:
+            while chunk := sink.read(1 << 20):
+                out.write(chunk)
+            out.write(b"\n--- the exception ---\n")
+            out.write("".join(traceback.format_exception(error)).encode("utf-8", "replace"))
+    except OSError:  # a full disk, a read-only directory: no log, and no half-written one either
+        with contextlib.suppress(OSError):
+            log.unlink(missing_ok=True)
+
+
+def _falling_back(exporter: str, error: BaseException, log: Path, candidates: list[str]) -> None:
+    """The one console line of a failed attempt that another exporter follows."""
+    rest = candidates[candidates.index(exporter) + 1 :]
+    if rest:
+        logger.warning(
+            "%s could not export the model (%s); trying %s. Its output: %s",
+            exporter,
+            one_line(error),
+            rest[0],
+            log,
+        )
+
+
+def _point_at(logs: list[Path], error: OnnxportError) -> OnnxportError:
+    """Add the logs of the failed attempts to ``error``'s fix."""
+    kept = [str(log) for log in logs if log.is_file()]
+    if kept:
+        where = f"what the exporter printed is in {', '.join(kept)}"
+        error.fix = f"{error.fix.rstrip('.')} ({where})" if error.fix else where
+    return error
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence torch.onnx's deprecation and tracer chatter; errors still propagate."""
@@ -392,6 +536,94 @@ def _check_file(
                 _remove(path)
                 raise _specialised_error((name, axis, dims[axis].dim_value), dynamic_axes)
     return model
+
+
+def _check_traced_axes(
+    path: Path, model: Any, inputs: ModelInputs, dynamic_axes: dict[str, dict[int, str]]
+) -> None:
+    """Raise if the TorchScript file does not follow its dynamic input axes as eager PyTorch does.
+
+    The TorchScript exporter names every axis it is told to, whatever the trace did: a size the
+    trace baked in (a constant of the traced shape, a reshape to it) shows only when the file runs
+    at another size. torch.export refuses such a model; here the file runs in ONNX Runtime with
+    each dynamic axis one longer, and its output shapes are compared with eager PyTorch's. Where
+    ONNX Runtime cannot run the file at all, validation says why.
+    """
+    import onnxruntime
+
+    sizes = _axis_sizes(inputs, dynamic_axes)
+    if not sizes:
+        return
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception:  # validation reports a file ONNX Runtime cannot load, with its own error
+        return
+    if _runs_like_eager(session, model, _grown(inputs, dynamic_axes, set(sizes))):
+        return
+    if not _runs_like_eager(session, model, inputs):
+        return  # wrong at the traced size too: not an axis problem, validation names it
+    for axis_name in sizes:  # the first axis that alone breaks it
+        grown = _grown(inputs, dynamic_axes, {axis_name})
+        if _runs_like_eager(session, model, grown):
+            continue
+        name, axis = next(
+            (name, axis)
+            for name in inputs.names
+            for axis, named in dynamic_axes.get(name, {}).items()
+            if named == axis_name
+        )
+        _remove(path)
+        error = _specialised_error((name, axis, sizes[axis_name]), dynamic_axes)
+        with contextlib.suppress(Exception):
+            grown.call(model)  # eager PyTorch takes the size: the trace is what fixed it
+            error.message = error.message.replace("the model fixes it", "the TorchScript trace fixes it")
+            error.fix = (
+                "compute sizes with tensor operations, not Python numbers (len(), int(), .item()), "
+                f"or use exporter: dynamo; {error.fix}"
+            )
+        raise error
+
+
+def _axis_sizes(inputs: ModelInputs, dynamic_axes: dict[str, dict[int, str]]) -> dict[str, int]:
+    """``{axis name: traced size}`` of the dynamic input axes."""
+    sizes: dict[str, int] = {}
+    for name, tensor in zip(inputs.names, inputs.tensors(), strict=True):
+        for axis, axis_name in dynamic_axes.get(name, {}).items():
+            if axis < tensor.dim():
+                sizes.setdefault(axis_name, tensor.shape[axis])
+    return sizes
+
+
+def _grown(inputs: ModelInputs, dynamic_axes: dict[str, dict[int, str]], names: set[str]) -> ModelInputs:
+    """``inputs`` with the axes called ``names`` one longer, repeating their first entries (ids stay ids)."""
+    tensors = []
+    for name, tensor in zip(inputs.names, inputs.tensors(), strict=True):
+        for axis, axis_name in dynamic_axes.get(name, {}).items():
+            if axis_name in names and axis < tensor.dim():
+                size = tensor.shape[axis]
+                index = torch.arange(size + 1, device=tensor.device) % size
+                tensor = tensor.index_select(axis, index)
+        tensors.append(tensor)
+    return inputs.with_tensors(tensors)
+
+
+def _runs_like_eager(session: Any, model: Any, inputs: ModelInputs) -> bool:
+    """Whether the file runs on ``inputs`` and returns tensors of eager PyTorch's shapes."""
+    feed = inputs.feed()
+    wanted = {value.name for value in session.get_inputs()}
+    try:
+        eager = flatten_outputs(inputs.call(model))
+    except Exception:  # eager PyTorch refuses the size: the axis is not dynamic
+        return False
+    try:
+        got = session.run(None, {name: value for name, value in feed.items() if name in wanted})
+    except Exception:
+        return False
+    return len(got) == len(eager) and all(
+        tuple(ours.shape) == tuple(theirs.shape) for ours, (_, theirs) in zip(got, eager, strict=True)
+    )
 
 
 def _symbolic_axes(model: onnx.ModelProto) -> dict[str, dict[int, str]]:

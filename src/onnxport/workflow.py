@@ -180,7 +180,7 @@ def export(
             weights = start_weights_sha256(model)  # hashed while torch.onnx exports
             inputs = _prepare_inputs(model, example_inputs, config)
             samples, calibration = _real_data(model, inputs, config, validation_samples, calibration_samples)
-            run, raw = _export(model, inputs, staging, config)
+            run, raw = _export(model, inputs, staging, config, output)
             metadata = _metadata(run, config, weights.result())
             layouts = _stage_layouts(raw, output, staging, run, config, metadata)
         validation = _validate(layouts, model, inputs, config, output, samples)  # phases check, validate
@@ -210,11 +210,14 @@ def _prepare_inputs(model: Any, example_inputs: Any, config: ExportConfig) -> Mo
     return prepare_inputs(model, example_inputs, config)
 
 
-def _export(model: Any, inputs: ModelInputs, staging: Path, config: ExportConfig) -> tuple[ExporterRun, Path]:
+def _export(
+    model: Any, inputs: ModelInputs, staging: Path, config: ExportConfig, output: Path
+) -> tuple[ExporterRun, Path]:
     from onnxport.exporters import run_exporter
 
     raw = staging / "exported.onnx"
-    return run_exporter(model, inputs, raw, config), raw
+    # a failed attempt's log goes beside the output (<stem>.rejected.<exporter>.log), not into staging
+    return run_exporter(model, inputs, raw, config, logs_beside=output), raw
 
 
 def _real_data(
