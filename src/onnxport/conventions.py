@@ -117,6 +117,28 @@ def exporting(model: Any) -> Iterator[None]:
             setattr(config, key, value)
 
 
+def padded_positions(model: Any, names: list[str], tensors: list[Any]) -> Any:
+    """Where a transformers model's ``attention_mask`` is 0: a ``(batch, sequence)`` bool array, or ``None``.
+
+    No caller reads the outputs at padded positions, and they need not agree: a causal model's
+    left-padded rows attend to no token at all, where eager attention gives 0 and the exported
+    graph the mean of the values. Validation leaves them out of the comparison.
+    """
+    if not any(is_transformers_model(module) for module in _modules(model)):
+        return None
+    for name, tensor in zip(names, tensors, strict=True):
+        if name.rsplit(".", 1)[-1] == "attention_mask" and tensor.dim() == 2:
+            padded = (tensor == 0).cpu().numpy()
+            return padded if padded.any() else None
+    return None
+
+
+def _modules(model: Any) -> Iterator[Any]:
+    yield model
+    if "transformers" in sys.modules and hasattr(model, "modules"):
+        yield from model.modules()
+
+
 def sequence_axes(model: Any, names: list[str], ranks: list[int]) -> dict[str, str]:
     """``{input name: axis-1 name}`` for the text inputs of a transformers model (rank 2 or more)."""
     if not is_transformers_model(model):

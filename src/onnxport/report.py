@@ -54,6 +54,8 @@ class OutputCheck:
     """Cosine similarity of the whole output with torch's (variants only)."""
     min_cosine: Optional[float] = None
     """The smallest cosine that passes; ``None``: not checked here."""
+    padding_skipped: int = 0
+    """Elements at padded positions (``attention_mask`` 0) left out of the comparison."""
 
     @property
     def non_finite(self) -> bool:

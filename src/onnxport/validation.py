@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from onnxport.config import ExportConfig, ValidationConfig, VariantConfig
+from onnxport.conventions import padded_positions
 from onnxport.errors import (
     AxisNotDynamicError,
     CheckerError,
@@ -337,6 +338,8 @@ class _Case:
     seed: Optional[int] = None
     """The seed of generated inputs; ``None`` for the example and the caller's samples."""
     vocab: Optional[int] = None
+    padded: Optional[np.ndarray] = None
+    """Padded ``(batch, sequence)`` positions of a transformers model's ``attention_mask``: not compared."""
 
 
 @dataclass
@@ -479,11 +482,26 @@ def _run_case(
     if len(expected) != len(actual):
         result.error = f"torch returned {len(expected)} tensors, onnxruntime {len(actual)}"
         return result
+    case.padded = padded_positions(model, case.inputs.names, case.inputs.tensors())
     for name, torch_value, ort_value in zip(output_names, expected, actual, strict=True):
         atol, rtol, allow = tolerances[name]
-        check = compare(name, to_numpy(torch_value), np.asarray(ort_value), atol, rtol, allow_nonfinite=allow)
+        torch_value = to_numpy(torch_value)
+        ort_value, skipped = _unpadded(torch_value, np.asarray(ort_value), case.padded)
+        check = compare(name, torch_value, ort_value, atol, rtol, allow_nonfinite=allow)
+        check.padding_skipped = skipped
         result.outputs.append(check)
     return result
+
+
+def _unpadded(
+    expected: np.ndarray, actual: np.ndarray, padded: Optional[np.ndarray]
+) -> tuple[np.ndarray, int]:
+    """``actual`` with torch's values at padded positions (outputs shaped ``(batch, sequence, ...)``),
+    and how many elements that left out."""
+    if padded is None or actual.shape != expected.shape or actual.shape[:2] != padded.shape:
+        return actual, 0
+    where = np.broadcast_to(padded.reshape(padded.shape + (1,) * (actual.ndim - 2)), actual.shape)
+    return np.where(where, expected, actual), int(where.sum())
 
 
 def _localize(
@@ -652,7 +670,9 @@ def validate_variant(
             result.error = f"onnxruntime raised {one_line(error)}"
             continue
         for name, expected, value in zip(names, case.expected, actual, strict=True):
-            result.outputs.append(_variant_check(name, expected, np.asarray(value), criteria[name]))
+            value, skipped = _unpadded(expected, np.asarray(value), case.padded)
+            result.outputs.append(_variant_check(name, expected, value, criteria[name]))
+            result.outputs[-1].padding_skipped = skipped
             if (
                 criteria[name]["min_top1"] is not None
                 and _class_scores(expected)
@@ -700,6 +720,7 @@ def calibration_cases(
             }
             case = _Case(f"calibration_{index}", sizes, inputs, real=True)
             case.expected = [to_numpy(value) for value in _flat_outputs(inputs.call(model))]
+            case.padded = padded_positions(model, inputs.names, inputs.tensors())
             cases.append(case)
     return cases
 
