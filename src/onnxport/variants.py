@@ -284,7 +284,11 @@ def quantize_dynamic(source: Path, target: Path) -> Path:
 
 
 def quantize_static(source: Path, target: Path, calibration: Sequence[Feed]) -> Path:
-    """QDQ int8 (weights per channel, activations int8) calibrated with MinMax on ``calibration``."""
+    """QDQ int8 (weights int8 per channel, activations uint8) calibrated with MinMax on ``calibration``.
+
+    uint8 activations with int8 weights (U8S8) is ONNX Runtime's CPU format: its x86 kernels for
+    int8 activations are slow (TransformerEncoder 4x256, batch 32: 0.84x the fp32 latency with int8
+    activations, 0.42x with uint8)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as quantize
 
@@ -312,7 +316,7 @@ def quantize_static(source: Path, target: Path, calibration: Sequence[Feed]) -> 
             Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             extra_options={"CalibTensorRangeSymmetric": False},
         )
