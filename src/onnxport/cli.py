@@ -205,12 +205,11 @@ def _export_task(cfg: DictConfig, exit_codes: list[int], full_errors: bool) -> N
         exit_codes.append(_report_error("export", error))
         return
     validation = result.validation
+    # A fallback was said once, as it happened (with its log's path); this line names the exporter.
     print(
         f"onnxport: wrote {result.path} ({result.size_bytes} bytes, sha256 {result.sha256[:12]}, "
         f"{result.exporter} exporter, opset {result.config.opset}, {result.seconds:.1f} s)"
     )
-    if result.fallback_reason:
-        print(f"onnxport: fell back to {result.exporter}: {result.fallback_reason}")
     if validation is not None:
         print(validation.summary())
         print(f"onnxport: validation report {result.report_path}")
