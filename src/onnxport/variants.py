@@ -226,40 +226,39 @@ def _float16_io(graph: Any) -> None:
 
     first, last = [], []
     for value in graph.input:
-        tensor_type = value.type.tensor_type
-        if tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            continue
-        inner = f"{value.name}_fp32"
-        for node in graph.node:
-            for index, name in enumerate(node.input):
-                if name == value.name:
-                    node.input[index] = inner
-        tensor_type.elem_type = onnx.TensorProto.FLOAT16
-        first.append(
-            onnx.helper.make_node(
-                "Cast", [value.name], [inner], name=f"{inner}_cast", to=onnx.TensorProto.FLOAT
-            )
-        )
+        if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            inner = _float16_edge(graph, value, fields=("input",))
+            first.append(_cast(value.name, inner, onnx.TensorProto.FLOAT, name=f"{inner}_cast"))
     for value in graph.output:
-        tensor_type = value.type.tensor_type
-        if tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            continue
-        inner = f"{value.name}_fp32"
-        for node in graph.node:
-            for field in (node.input, node.output):
-                for index, name in enumerate(field):
-                    if name == value.name:
-                        field[index] = inner
-        tensor_type.elem_type = onnx.TensorProto.FLOAT16
-        last.append(
-            onnx.helper.make_node(
-                "Cast", [inner], [value.name], name=f"{inner}_cast", to=onnx.TensorProto.FLOAT16
-            )
-        )
+        if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            inner = _float16_edge(graph, value, fields=("input", "output"))
+            last.append(_cast(inner, value.name, onnx.TensorProto.FLOAT16, name=f"{inner}_cast"))
     nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend(first + nodes + last)
     del graph.value_info[:]  # renamed values: inference redoes them
+
+
+def _float16_edge(graph: Any, value: Any, fields: tuple[str, ...]) -> str:
+    """Make graph input/output ``value`` float16; the nodes' uses of it (in ``fields``) read or
+    write ``<name>_fp32`` instead, which is returned."""
+    import onnx
+
+    inner = f"{value.name}_fp32"
+    for node in graph.node:
+        for field in fields:
+            names = getattr(node, field)
+            for index, name in enumerate(names):
+                if name == value.name:
+                    names[index] = inner
+    value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    return inner
+
+
+def _cast(source: str, target: str, to: int, name: str) -> Any:
+    import onnx
+
+    return onnx.helper.make_node("Cast", [source], [target], name=name, to=to)
 
 
 def quantize_dynamic(source: Path, target: Path) -> Path:
