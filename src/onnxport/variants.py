@@ -375,6 +375,7 @@ def _save(model: Any, target: Path) -> Path:
 
     from onnxport.publish import PROTOBUF_LIMIT, payload_bytes
 
+    _drop_unused_opsets(model)
     large = payload_bytes(model.graph.initializer) >= PROTOBUF_LIMIT - (64 << 20)
     onnx.save_model(
         model,
@@ -384,6 +385,17 @@ def _save(model: Any, target: Path) -> Path:
         location=f"{target.name}.data",
     )
     return target
+
+
+def _drop_unused_opsets(model: Any) -> None:
+    """Keep the opset imports the graph uses: ONNX Runtime's quantizer declares every domain it
+    knows (com.microsoft, training, ...), which tells a runtime the file needs what it does not."""
+    used = {"", "ai.onnx"} | {node.domain for node in _all_nodes(model.graph)}
+    for function in model.functions:
+        used |= {function.domain} | {node.domain for node in function.node}
+    kept = [opset for opset in model.opset_import if opset.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
 
 
 def _all_nodes(graph: Any) -> Iterator[Any]:
