@@ -271,7 +271,9 @@ def fault_point(step: str) -> None:
     """
     wanted, _, name = os.environ.get(FAULT_ENV, "").partition(":")
     if wanted == step:
-        os.kill(os.getpid(), getattr(signal, f"SIG{name or 'KILL'}"))
+        # To this thread, not the process: a process-directed signal may land on a helper thread
+        # (torch, ONNX Runtime, the hashing thread), and then Python raises KeyboardInterrupt later.
+        signal.raise_signal(getattr(signal, f"SIG{name or 'KILL'}"))
 
 
 def provenance_metadata(
