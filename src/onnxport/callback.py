@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from onnxport.config import ExportConfig
-from onnxport.datasource import first_batches, needs_calibration, single_loader
+from onnxport.datasource import first_batches, needs_door_samples, single_loader
 from onnxport.errors import CheckpointError, ConfigError, ExportError, InputError, one_line
 
 if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
@@ -456,8 +456,7 @@ def _first_batch_inputs(trainer: pl.Trainer, pl_module: pl.LightningModule) -> A
             "example_input_array is None and the Trainer has no train dataloader",
             fix="set self.example_input_array in the LightningModule, or pass inputs=[{name, shape}]",
         )
-    with _generators_kept(loader):
-        return first_batches(loader, 1, pl_module)[0]
+    return first_batches(loader, 1, pl_module)[0]
 
 
 def _calibration_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, config: ExportConfig) -> Any:
@@ -468,18 +467,13 @@ def _calibration_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, con
     its datamodule's / module's ``<split>_dataloader()`` when the Trainer holds none), as
     ``forward`` takes it. ``None`` when no variant needs it.
     """
-    wanted = [
-        variant.calibration
-        for variant in config.variants
-        if needs_calibration(variant) and not variant.calibration.npz and not variant.calibration.datamodule
-    ]
+    wanted = [variant.calibration for variant in config.variants if needs_door_samples(variant)]
     if not wanted:
         return None
     split = wanted[0].split  # one set of samples serves every static variant: the first one's split
     count = max(calibration.batches for calibration in wanted if calibration.split == split)
     loader = _split_loader(trainer, pl_module, split)
-    with _generators_kept(loader):
-        batches = first_batches(loader, count, pl_module)
+    batches = first_batches(loader, count, pl_module)
     rank_zero_info(f"OnnxExportCallback: calibrating on {len(batches)} batches of the {split} loader")
     return batches
 
@@ -499,8 +493,7 @@ def _validation_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, conf
         loader = _split_loader(trainer, pl_module, "val")
     except InputError:
         return None
-    with _generators_kept(loader):
-        batches = first_batches(loader, max(variant.calibration.batches for variant in int8), pl_module)
+    batches = first_batches(loader, max(variant.calibration.batches for variant in int8), pl_module)
     rank_zero_info(f"OnnxExportCallback: validating on {len(batches)} batches of the val loader too")
     return batches
 
@@ -526,20 +519,3 @@ def _split_loader(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str
             "or calibration.npz to an .npz of inputs",
         )
     return loader
-
-
-@contextmanager
-def _generators_kept(loader: Any) -> Iterator[None]:
-    """Restore the state of the torch generators a loader and its samplers draw from."""
-    holders = [
-        loader,
-        getattr(loader, "sampler", None),
-        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
-    ]
-    generators = {id(g): g for h in holders if (g := getattr(h, "generator", None)) is not None}
-    states = {key: generator.get_state() for key, generator in generators.items()}
-    try:
-        yield
-    finally:
-        for key, generator in generators.items():
-            generator.set_state(states[key])

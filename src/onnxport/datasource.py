@@ -17,9 +17,10 @@ validation cases (:func:`npz_batches`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -61,15 +62,37 @@ def single_loader(loaders: Any) -> Any:
 
 def first_batches(loader: Iterable[Any], count: int, module: Any) -> list[Any]:
     """The input parts of the first ``count`` batches of ``loader``, as the module's step sees them:
-    a LightningModule's batch-transfer hooks run (on its device) before :func:`input_part`."""
+    a LightningModule's batch-transfer hooks run (on its device) before :func:`input_part`.
+
+    The torch generators the loader and its samplers draw from are left as they were, so reading
+    batches for an export does not change the shuffling of the epochs after it.
+    """
     batches = []
-    for batch in itertools.islice(loader, count):
-        if hasattr(module, "transfer_batch_to_device"):
-            batch = module.on_before_batch_transfer(batch, 0)
-            batch = module.transfer_batch_to_device(batch, module.device, 0)
-            batch = module.on_after_batch_transfer(batch, 0)
-        batches.append(input_part(batch, module))
+    with _generators_kept(loader):
+        for batch in itertools.islice(loader, count):
+            if hasattr(module, "transfer_batch_to_device"):
+                batch = module.on_before_batch_transfer(batch, 0)
+                batch = module.transfer_batch_to_device(batch, module.device, 0)
+                batch = module.on_after_batch_transfer(batch, 0)
+            batches.append(input_part(batch, module))
     return batches
+
+
+@contextlib.contextmanager
+def _generators_kept(loader: Any) -> Iterator[None]:
+    """Restore the state of the torch generators a loader and its samplers draw from."""
+    holders = [
+        loader,
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ]
+    generators = {id(g): g for h in holders if (g := getattr(h, "generator", None)) is not None}
+    states = {key: generator.get_state() for key, generator in generators.items()}
+    try:
+        yield
+    finally:
+        for key, generator in generators.items():
+            generator.set_state(states[key])
 
 
 def npz_batches(
@@ -140,6 +163,11 @@ def as_inputs(feed: Feed, example: ModelInputs) -> ModelInputs:
 
 def needs_calibration(variant: VariantConfig) -> bool:
     return variant.precision == "int8" and variant.quantization == "static"
+
+
+def needs_door_samples(variant: VariantConfig) -> bool:
+    """A static int8 variant with no data source of its own: it calibrates on what the door passes."""
+    return needs_calibration(variant) and not variant.calibration.npz and not variant.calibration.datamodule
 
 
 def check_calibration(config: ExportConfig, calibration_samples: Optional[Sequence[Any]]) -> None:
