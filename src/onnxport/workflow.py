@@ -110,6 +110,7 @@ class _StagedVariant:
     output: Path
     layouts: Layouts
     report: Optional[VariantReport]
+    size_bytes: int
 
     @property
     def publish(self) -> bool:
@@ -358,8 +359,10 @@ def _variants(
                     extra_cases=extra,
                 )
                 report.sha256 = staged_layouts.sha256()
-                report.size_bytes = _size(staged_layouts.published)
-            staged.append(_StagedVariant(variant, target, staged_layouts, report))
+            size = _size(staged_layouts.published)
+            if report is not None:
+                report.size_bytes = size
+            staged.append(_StagedVariant(variant, target, staged_layouts, report, size))
         if report is not None and not report.passed:
             _reject_variant(staged[-1])
     return staged
@@ -407,10 +410,9 @@ def _publish_variants(staged: list[_StagedVariant]) -> list[VariantResult]:
         if not item.publish:
             continue
         sha256 = item.layouts.sha256()
-        size = _size(item.layouts.published)
         publish.commit(item.layouts, item.output)
         passed = item.report is not None and item.report.passed
-        published.append(VariantResult(item.variant.name, item.output, sha256, size, passed))
+        published.append(VariantResult(item.variant.name, item.output, sha256, item.size_bytes, passed))
     return published
 
 
@@ -484,7 +486,7 @@ def _result(
         report_path=report_path,
         run_context=context,
         seconds=time.perf_counter() - started,
-        size_bytes=sum(path.stat().st_size for path in [output, *data]),
+        size_bytes=sum(path.stat().st_size for path in [output, *data]),  # data listed once, above
         data_path=data[0] if data else None,
         **dataclasses.asdict(run),  # what the exporter did: exporter, fallback reason, names, axes
     )
