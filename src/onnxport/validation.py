@@ -691,6 +691,7 @@ def validate_variant(
         if _enough_rows(len(match), criteria[name]["min_top1"])
     }
     report.unjudged = unjudged
+    report.latency_ms = session_latency(session, reference, settings.latency_runs)  # the session at hand
     return report
 
 
@@ -783,11 +784,17 @@ LATENCY_BATCHES = (1, 32)
 
 
 def file_latency(path: Path, reference: Reference, runs: int) -> dict[str, float]:
-    """Median ONNX Runtime milliseconds of the file at batch 1 and 32 (the first input's axis 0 when
-    it is dynamic; else at the export shape), time-boxed like the validation's latency."""
+    """:func:`session_latency` of the file at ``path`` in a session of its own."""
+    return session_latency(open_session(path), reference, runs) if runs > 0 else {}
+
+
+def session_latency(
+    session: onnxruntime.InferenceSession, reference: Reference, runs: int
+) -> dict[str, float]:
+    """Median ONNX Runtime milliseconds at batch 1 and 32 (the first input's axis 0 when it is
+    dynamic; else at the export shape), time-boxed like the validation's latency."""
     if runs <= 0:
         return {}
-    session = open_session(path)
     axes, example = reference.axes, reference.example
     batch = next((symbol for symbol, where in axes.positions.items() if (0, 0) in where), None)
     sizes = [{**axes.export_sizes, batch: n} for n in LATENCY_BATCHES] if batch else [axes.export_sizes]

@@ -430,7 +430,7 @@ def _file_rows(
     config: ExportConfig,
 ) -> None:
     """With variants, one row per file in the report: the fp32 file, then each variant, with latency
-    at batch 1 and 32."""
+    at batch 1 and 32 (a variant's was timed by its validation, in the session it had open)."""
     from onnxport.report import FileRow
     from onnxport.validation import file_latency
 
@@ -451,7 +451,6 @@ def _file_rows(
     for item in staged:
         if item.report is None:
             continue
-        item.report.latency_ms = file_latency(item.layouts.checked, reference, runs) if item.publish else {}
         validation.files.append(item.report.row(item.publish))
         validation.variants.append(item.report)
 
