@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import traceback
@@ -457,8 +458,7 @@ def _write_log(log: Path, sink: IO[bytes], error: BaseException) -> None:
     sink.seek(0)
     try:
         with open(log, "wb") as out:
-            while chunk := sink.read(1 << 20):
-                out.write(chunk)
+            shutil.copyfileobj(sink, out)
             out.write(b"\n--- the exception ---\n")
             out.write("".join(traceback.format_exception(error)).encode("utf-8", "replace"))
     except OSError:  # a full disk, a read-only directory: no log, and no half-written one either
